@@ -1,0 +1,45 @@
+# absa-lightning: `make help` lists the targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build that lies on this machine's disk; on a GPU machine: make install TORCH=torch
+TORCH  ?= torch==2.13.0
+# A copy of UIT-ViSFD beside the checkout (as CI lays it out) is used when present;
+# otherwise train.py looks in data/uit-visfd and downloads it there.
+ABSA_DATA_DIR ?= $(firstword $(wildcard $(abspath ../shared/data/uit-visfd)))
+ifneq ($(ABSA_DATA_DIR),)
+export ABSA_DATA_DIR
+endif
+
+.PHONY: help install train test test-fast lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+
+install: $(PY) ## Virtual env in .venv: torch (CPU build here), then the package with dev extras
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+train: ## Train the default recipe on UIT-ViSFD (args: make train ARGS="loss.contrastive_weight=0.3")
+	$(PY) train.py $(ARGS)
+
+test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
+	$(PY) -m pytest -q
+
+test-fast: ## The tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint: ## ruff: lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: ## ruff: fix what it can and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove run outputs and caches (not the virtual env)
+	rm -rf outputs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,14 @@
+"""Aspect-based sentiment models trained with focal + supervised contrastive loss."""
+
+from absa_lightning.data import AspectSentimentDataModule
+from absa_lightning.losses import FocalLoss, SupConLoss
+from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.module import AspectSentimentModule
+
+__all__ = [
+    "AspectSentimentDataModule",
+    "AspectSentimentModule",
+    "AspectSentimentScores",
+    "FocalLoss",
+    "SupConLoss",
+]

@@ -1,0 +1,167 @@
+"""LightningDataModule for aspect-category sentiment data with train / dev / test splits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from absa_lightning.data.download import ensure_dataset
+from absa_lightning.data.formats import Example, OnError, RowErrors
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+Reader = Callable[..., list[Example]]  # (path, polarities, on_error) -> examples
+
+
+class AspectSentimentDataset(Dataset):
+    """Comments with a label matrix: labels[i, a] = 0 if aspect a is absent, else 1 + polarity."""
+
+    def __init__(self, texts: list[str], labels: torch.Tensor):
+        self.texts, self.labels = texts, labels  # labels: (N, A) long
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[int, str, torch.Tensor]:
+        return i, self.texts[i], self.labels[i]
+
+
+class AspectSentimentDataModule(L.LightningDataModule):
+    """Reads the splits, fixes the aspect list, and batches comments with the encoder's tokenizer.
+
+    The aspect list is `aspects` when given (eval always passes the checkpoint's), else the sorted
+    aspects of the training split, so that runs agree. The tokenizer comes from the encoder and is
+    set with `set_tokenizer` before the first dataloader is built.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        files: dict[str, str],
+        reader: Reader,
+        polarities: Sequence[str] = ("Positive", "Negative", "Neutral"),
+        aspects: Sequence[str] | None = None,
+        download: dict | None = None,
+        preprocess: Callable[[str], str] | None = None,
+        on_error: OnError = "raise",
+        split: str = "test",
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if set(files) != set(SPLITS):
+            raise ValueError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
+        if split not in SPLITS:
+            raise ValueError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
+        self.root = Path(root).expanduser()
+        self.paths = {name: self.root / file for name, file in files.items()}
+        self.reader, self.preprocess, self.download = reader, preprocess, download
+        self.polarities = list(polarities)
+        self.aspects = list(aspects) if aspects else None
+        self.on_error, self.split = on_error, split
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.num_workers = num_workers
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._examples: dict[str, list[Example]] = {}
+        self.datasets: dict[str, AspectSentimentDataset] = {}
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.root, [p.name for p in self.paths.values()], **(self.download or {}))
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(stage or "fit", [self.split])
+        if self.aspects is None:
+            self.aspects = sorted({a for ex in self._read("train") for a in ex.labels})
+            log.info("aspects from %s: %s", self.paths["train"], self.aspects)
+        for split in needed:
+            if split not in self.datasets:
+                self.datasets[split] = self._to_dataset(split, self._read(split))
+
+    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def class_counts(self) -> torch.Tensor:
+        """(1 + polarities,) counts of each class over the training cells, for focal alpha."""
+        labels = self.datasets["train"].labels
+        return torch.bincount(labels.flatten(), minlength=1 + len(self.polarities))
+
+    def train_texts(self) -> list[str]:
+        return [ex.text for ex in self._read("train")]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split, self.eval_batch_size)
+
+    def _read(self, split: str) -> list[Example]:
+        if split not in self._examples:
+            examples = self.reader(self.paths[split], self.polarities, on_error=self.on_error)
+            if self.preprocess is not None:
+                examples = [Example(self.preprocess(ex.text), ex.labels, ex.line) for ex in examples]
+            self._examples[split] = examples
+        return self._examples[split]
+
+    def _to_dataset(self, split: str, examples: list[Example]) -> AspectSentimentDataset:
+        """Label matrix over the fixed aspect list; an aspect outside it is a located error."""
+        assert self.aspects is not None
+        column = {a: i for i, a in enumerate(self.aspects)}
+        polarity = {p: 1 + i for i, p in enumerate(self.polarities)}
+        errors = RowErrors(self.paths[split], self.on_error)
+        kept, rows = [], []
+        for ex in examples:
+            unknown = sorted(set(ex.labels) - set(column))
+            if unknown:
+                errors.bad_row(ex.line, f"aspect {unknown[0]!r} not in the aspect list", ex.text)
+                continue
+            row = [0] * len(column)
+            for aspect, pol in ex.labels.items():
+                row[column[aspect]] = polarity[pol]
+            kept.append(ex.text)
+            rows.append(row)
+        errors.report()
+        if not kept:
+            raise ValueError(f"{self.paths[split]}: no usable comments")
+        labels = torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column))
+        return AspectSentimentDataset(kept, labels)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("call set_tokenizer(...) with the encoder's tokenizer first")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _collate(self, items: list[tuple[int, str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        index, texts, labels = zip(*items, strict=True)
+        batch = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding="longest",  # to the longest comment in this batch, not to max_length
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": torch.stack(labels),
+            "index": torch.tensor(index),
+        }

@@ -1,0 +1,175 @@
+"""Make sure a dataset's files are on disk, downloading and unpacking its archive if needed.
+
+Training runs call :func:`ensure_dataset` before reading CSVs so that a fresh machine can fetch
+the data once, while a prepared (possibly read-only) data folder is used as is and never
+triggers network access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_SIZE = 1 << 20
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset files are missing and could not be obtained; the message says how to fix it."""
+
+
+class ChecksumError(ValueError):
+    """The downloaded archive is not the one expected, so nothing was extracted from it."""
+
+
+def ensure_dataset(
+    root: str | Path,
+    files: Sequence[str],
+    url: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Return ``root`` once every name in ``files`` exists there.
+
+    Files already present are trusted and the network is never touched, so ``root`` may be
+    read-only. Otherwise the zip archive at ``url`` is downloaded into ``root``, checked
+    against ``sha256`` when given, and the members whose base name is in ``files`` are
+    extracted into ``root``.
+
+    Raises:
+        DatasetNotFoundError: files are missing and there is no ``url``, the download failed,
+            ``root`` cannot be written, or the archive lacks some of the files or is corrupt.
+        ChecksumError: the downloaded archive does not match ``sha256``.
+    """
+    root = Path(root).expanduser()
+    files = list(files)
+    missing = [name for name in files if not (root / name).is_file()]
+    if not missing:
+        return root
+    if url is None:
+        raise DatasetNotFoundError(
+            f"{_expected(root, files, missing)} Put the files there, or point data.root=... or "
+            "the ABSA_DATA_DIR environment variable at a folder that holds them."
+        )
+
+    _make_writable_dir(root, files, missing)
+    logger.info("Downloading %s into %s (missing: %s)", url, root.resolve(), ", ".join(missing))
+    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".download-", suffix=".zip.part")
+    archive = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _download(url, out, timeout, root, files, missing)
+        if sha256 is not None and digest != sha256.lower():
+            raise ChecksumError(
+                f"Checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest}. "
+                f"The download was discarded and nothing was extracted into {root.resolve()}."
+            )
+        _extract(archive, root, missing, url)
+    finally:
+        # The archive is removed: once the CSVs exist it is never read again, and keeping it
+        # would double the space used in a data folder that may be shared.
+        archive.unlink(missing_ok=True)
+    logger.info("Extracted %s into %s", ", ".join(missing), root.resolve())
+    return root
+
+
+def _expected(root: Path, files: Sequence[str], missing: Sequence[str]) -> str:
+    return (
+        f"Expected dataset files {', '.join(files)} in folder {root.resolve()}; "
+        f"missing: {', '.join(missing)}."
+    )
+
+
+def _manual_hint(root: Path) -> str:
+    return (
+        f"Download the archive by hand and unzip it into {root.resolve()}, or set data.root=... "
+        "or the ABSA_DATA_DIR environment variable to a folder that holds the files."
+    )
+
+
+def _make_writable_dir(root: Path, files: Sequence[str], missing: Sequence[str]) -> None:
+    """Fail early, naming the folder, rather than with a bare OSError mid-download."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise DatasetNotFoundError(
+            f"Cannot write to the data folder {root.resolve()} ({err}). "
+            f"{_expected(root, files, missing)} {_manual_hint(root)}"
+        ) from err
+
+
+def _download(
+    url: str,
+    out: BinaryIO,
+    timeout: float,
+    root: Path,
+    files: Sequence[str],
+    missing: Sequence[str],
+) -> str:
+    """Stream ``url`` into ``out`` and return its SHA-256, so the archive is hashed once."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(_CHUNK_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+    except (OSError, ValueError) as err:
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
+        elif isinstance(err, urllib.error.URLError):
+            reason = str(err.reason)
+        else:
+            reason = str(err) or type(err).__name__
+        raise DatasetNotFoundError(
+            f"Could not download {url}: {reason}. {_expected(root, files, missing)} "
+            f"{_manual_hint(root)}"
+        ) from err
+    return digest.hexdigest()
+
+
+def _extract(archive: Path, root: Path, names: Sequence[str], url: str) -> None:
+    """Extract members by base name; each file appears under its final name only when complete."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+                if not info.is_dir() and base in names:
+                    members.setdefault(base, info)
+            absent = [name for name in names if name not in members]
+            if absent:
+                raise DatasetNotFoundError(
+                    f"The archive from {url} does not contain {', '.join(absent)} "
+                    f"(it has: {', '.join(i.filename for i in zf.infolist()) or 'nothing'}). "
+                    f"{_manual_hint(root)}"
+                )
+            for name in names:
+                _extract_member(zf, members[name], root / name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise DatasetNotFoundError(
+            f"The archive downloaded from {url} is corrupt ({err}). {_manual_hint(root)}"
+        ) from err
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            shutil.copyfileobj(src, out, _CHUNK_SIZE)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

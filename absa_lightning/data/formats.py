@@ -1,0 +1,179 @@
+"""Readers for aspect-category sentiment files: the UIT-ViSFD CSV and JSON Lines.
+
+Both give `Example`s whose labels map an aspect name to a polarity spelled as in the configured
+polarity list. A label without polarity (UIT-ViSFD's `{OTHERS}`) is parsed and dropped: it names
+no aspect the model scores. Every bad row names its file, line and text; with `on_error="skip"`
+it is counted instead and the reader reports how many rows it skipped and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+_LABEL_ITEM = re.compile(r"\{([^{}]*)\}")
+
+
+class DataError(ValueError):
+    """A bad row, located: `file:line: problem: 'offending text'`."""
+
+    def __init__(self, path: str | Path, line: int, problem: str, text: str):
+        self.path, self.line, self.problem, self.text = str(path), line, problem, text
+        shown = text if len(text) <= 200 else text[:200] + "…"
+        super().__init__(f"{path}:{line}: {problem}: {shown!r}")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    labels: dict[str, str]  # aspect -> polarity, as spelled in the configured polarity list
+    line: int  # where the row starts in its file, for errors found later (unknown aspects)
+
+
+@dataclass
+class RowErrors:
+    """Raise on the first bad row, or count skipped rows by reason (`on_error="skip"`)."""
+
+    path: Path
+    on_error: OnError = "raise"
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+    def bad_row(self, line: int, problem: str, text: str) -> None:
+        if self.on_error == "raise":
+            raise DataError(self.path, line, problem, text)
+        self.skipped[problem.split(" (")[0]] += 1
+
+    def report(self) -> None:
+        if self.skipped:
+            reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+            log.warning("%s: skipped %d rows (%s)", self.path, self.skipped.total(), reasons)
+
+
+def parse_labels(items: Sequence[tuple[str, str | None]], polarities: Sequence[str]) -> dict[str, str]:
+    """(aspect, polarity or None) pairs -> {aspect: canonical polarity}; raises ValueError."""
+    canonical = {p.lower(): p for p in polarities}
+    labels: dict[str, str] = {}
+    for aspect, polarity in items:
+        if not aspect.strip():
+            raise ValueError("empty aspect name")
+        if polarity is None:
+            continue  # {OTHERS}: no polarity, nothing to score
+        if polarity.strip().lower() not in canonical:
+            raise ValueError(f"unknown polarity {polarity!r} (expected one of {list(polarities)})")
+        polarity = canonical[polarity.strip().lower()]
+        if labels.setdefault(aspect, polarity) != polarity:
+            raise ValueError(f"two polarities for aspect {aspect!r}: {labels[aspect]}, {polarity}")
+    return labels
+
+
+def split_label_string(label: str) -> list[tuple[str, str | None]]:
+    """`{CAMERA#Positive};{OTHERS};` -> [("CAMERA", "Positive"), ("OTHERS", None)].
+
+    The polarity is what follows the last `#`, so aspect names may contain `#`, `&` or spaces.
+    """
+    if _LABEL_ITEM.sub("", label).replace(";", "").strip():
+        raise ValueError("malformed label (expected items like {ASPECT#Polarity}; )")
+    items = []
+    for body in _LABEL_ITEM.findall(label):
+        aspect, sep, polarity = body.rpartition("#")
+        items.append((aspect, polarity) if sep else (body, None))
+    if not items:
+        raise ValueError("empty label")
+    return items
+
+
+def read_csv(
+    path: str | Path,
+    polarities: Sequence[str],
+    on_error: OnError = "raise",
+    text_column: str = "comment",
+    label_column: str = "label",
+) -> list[Example]:
+    """A CSV with a text column and a `{ASPECT#Polarity};…` label column (UIT-ViSFD's format)."""
+    path = Path(path)
+    errors = RowErrors(path, on_error)
+    examples = []
+    with _read_utf8(path) as lines:
+        reader = csv.reader(lines)  # not DictReader: it skips blank lines, shifting line numbers
+        header = next(reader, [])
+        missing = {text_column, label_column} - set(header)
+        if missing:
+            raise DataError(path, 1, f"missing column(s) {sorted(missing)}", ",".join(header))
+        start = reader.line_num + 1
+        for values in reader:
+            line, start = start, reader.line_num + 1  # a quoted comment may span several lines
+            if not values:
+                continue  # a blank line
+            row = dict(zip(header, values, strict=False))
+            text, label = row.get(text_column), row.get(label_column)
+            if text is None or label is None:
+                errors.bad_row(line, "too few fields", ",".join(values))
+                continue
+            try:
+                if not text.strip():
+                    raise ValueError("empty comment")
+                examples.append(Example(text.strip(), parse_labels(split_label_string(label), polarities), line))
+            except ValueError as err:
+                errors.bad_row(line, str(err), label if text.strip() else text)
+    errors.report()
+    return examples
+
+
+def read_jsonl(path: str | Path, polarities: Sequence[str], on_error: OnError = "raise") -> list[Example]:
+    """One `{"text": ..., "labels": [{"aspect": ..., "polarity": ...}]}` object a line.
+
+    `"polarity": null` (or absent) is the JSON form of a label without polarity.
+    """
+    path = Path(path)
+    errors = RowErrors(path, on_error)
+    examples = []
+    with _read_utf8(path) as lines:
+        for line_no, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                text, items = record.get("text"), record.get("labels")
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError("empty comment" if isinstance(text, str) else "missing field 'text'")
+                if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                    raise ValueError("field 'labels' must be a list of {aspect, polarity} objects")
+                if any(not isinstance(i.get("aspect"), str) for i in items):
+                    raise ValueError("a label without an 'aspect' string")
+                if any(not isinstance(i.get("polarity"), str | None) for i in items):
+                    raise ValueError("a label whose 'polarity' is not a string or null")
+                pairs = [(i["aspect"], i.get("polarity")) for i in items]
+                examples.append(Example(text.strip(), parse_labels(pairs, polarities), line_no))
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                errors.bad_row(line_no, str(err).split(": line")[0], raw.strip())
+    errors.report()
+    return examples
+
+
+def _read_utf8(path: Path) -> io.StringIO:
+    """The file as UTF-8 text (a BOM is allowed); a decoding error becomes a located DataError."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        bad = raw[max(0, err.start - 20) : err.end + 20].decode("utf-8", errors="replace")
+        raise DataError(path, line, "not UTF-8 text", bad) from None
+    return io.StringIO(text, newline="")  # newline="": quoted CSV fields may hold line breaks

@@ -1,0 +1,206 @@
+"""Training losses for aspect-based sentiment analysis.
+
+Plain ``torch.nn.Module`` losses, independent of Lightning and Hydra, so they can be
+unit-tested and reused on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FocalLoss", "SupConLoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class FocalLoss(nn.Module):
+    """Multi-class softmax focal loss (Lin et al., 2017).
+
+    For each cell with logits ``z`` and target class ``t``::
+
+        p_t  = softmax(z)[t]
+        loss = -alpha[t] * (1 - p_t) ** gamma * log(p_t)
+
+    The factor ``(1 - p_t) ** gamma`` shrinks the loss of cells the model already
+    classifies confidently, so training focuses on hard cells; in this project that
+    keeps the many "aspect absent" cells (class 0) from dominating. ``alpha[t]``
+    re-weights classes (``alpha=None`` means weight 1 for every class). With
+    ``gamma=0`` and ``alpha=None`` the loss equals ``F.cross_entropy``.
+
+    ``reduction="mean"`` is the plain mean over all cells (as torchvision's
+    ``sigmoid_focal_loss``), not the alpha-weighted mean ``F.cross_entropy`` uses
+    with ``weight``.
+
+    Args:
+        gamma: focusing parameter, ``>= 0``.
+        alpha: optional per-class weights, each ``>= 0``; one entry per class.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    alpha: torch.Tensor | None
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Sequence[float] | torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if not gamma >= 0:
+            raise ValueError(f"FocalLoss: gamma must be >= 0, got {gamma!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"FocalLoss: reduction must be one of {_REDUCTIONS}, got {reduction!r}"
+            )
+        alpha_tensor = None
+        if alpha is not None:
+            alpha_tensor = torch.as_tensor(alpha, dtype=torch.get_default_dtype()).detach()
+            if alpha_tensor.ndim != 1 or alpha_tensor.numel() == 0:
+                raise ValueError(
+                    "FocalLoss: alpha must be a non-empty 1-D sequence of per-class weights, "
+                    f"got shape {tuple(alpha_tensor.shape)}"
+                )
+            if not bool((alpha_tensor >= 0).all()):
+                raise ValueError(
+                    f"FocalLoss: alpha entries must be >= 0, got {alpha_tensor.tolist()}"
+                )
+            alpha_tensor = alpha_tensor.clone()
+        self.gamma = float(gamma)
+        self.reduction = reduction
+        # Non-persistent: a training hyper-parameter, kept out of checkpoints.
+        self.register_buffer("alpha", alpha_tensor, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the focal loss of ``logits`` (..., C) against class indices ``target`` (...)."""
+        if logits.ndim < 1 or logits.shape[:-1] != target.shape:
+            raise ValueError(
+                "FocalLoss: expected logits of shape (..., C) and target of shape (...), got "
+                f"logits {tuple(logits.shape)} and target {tuple(target.shape)}"
+            )
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(
+                f"FocalLoss: target must hold integer class indices, got dtype {target.dtype}"
+            )
+        num_classes = logits.shape[-1]
+        if self.alpha is not None and self.alpha.numel() != num_classes:
+            raise ValueError(
+                f"FocalLoss: alpha has {self.alpha.numel()} entries but logits have "
+                f"{num_classes} classes"
+            )
+
+        log_probs = F.log_softmax(logits, dim=-1)  # (..., C)
+        log_pt = log_probs.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)  # (...)
+        loss = -log_pt
+        if self.gamma != 0:
+            # -expm1(log p) is 1 - p without cancellation near p = 1. The clamp keeps the
+            # gradient of x ** gamma finite at x = 0 when gamma < 1 (it would be inf * 0).
+            one_minus_pt = (-torch.expm1(log_pt)).clamp(min=torch.finfo(log_pt.dtype).tiny)
+            loss = one_minus_pt.pow(self.gamma) * loss
+        if self.alpha is not None:
+            loss = self.alpha.to(loss.dtype)[target.long()] * loss
+
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    def extra_repr(self) -> str:
+        alpha = None if self.alpha is None else [float(f"{a:.6g}") for a in self.alpha.tolist()]
+        return f"gamma={self.gamma}, alpha={alpha}, reduction={self.reduction!r}"
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss over aspect embeddings (Khosla et al., 2020, L_out).
+
+    Every mentioned cell (``labels > 0``) of the ``(B, A)`` grid is an anchor. Its
+    positives ``P(i)`` are the *other* mentioned cells with the same aspect and the same
+    polarity, in any comment of the batch; every other mentioned cell, including the
+    other aspects of the same comment, is a negative. With ``s_ij = <z_i, z_j> / T``::
+
+        l_i  = -1/|P(i)| * sum_{p in P(i)} log( exp(s_ip) / sum_{j != i} exp(s_ij) )
+        loss = mean of l_i over the anchors with |P(i)| > 0
+
+    where ``j`` runs over the mentioned cells. Anchors without a positive are left
+    out of the mean: they carry no pull towards a positive, and counting them as zero
+    would make the loss scale depend on how many singleton groups a batch happens to
+    contain. (HobbitLong/SupContrast divided by ``|P(i)| = 0``, giving NaN, and later
+    counted such anchors as zero.) When no anchor has a positive, including batches with
+    fewer than two mentioned cells, the loss is a zero still attached to the graph, so
+    ``backward()`` works and yields zero gradients. There is no ``base_temperature``
+    factor.
+
+    The embeddings are *not* normalised here: pass L2-normalised vectors so that
+    ``s_ij`` is a cosine similarity scaled by ``1 / temperature``.
+
+    Absent cells are masked out of the full ``(B*A, B*A)`` similarity matrix rather than
+    gathered with a boolean index, which avoids a device-to-host sync. Masked entries are
+    filled with the dtype's most negative finite value rather than ``-inf``: the softmax is
+    the same, but rows with no candidate (absent anchors) give ``min - min = 0`` instead
+    of ``-inf - (-inf) = NaN``, so no intermediate is ever NaN.
+
+    Args:
+        temperature: softmax temperature ``T > 0``.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"SupConLoss: temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return the scalar loss for ``embeddings`` (B, A, D) and ``labels`` (B, A).
+
+        ``labels`` holds 0 for an absent aspect and a polarity class ``> 0`` otherwise.
+        """
+        if embeddings.ndim != 3:
+            raise ValueError(
+                "SupConLoss: embeddings must have shape (batch, aspects, dim), got "
+                f"{tuple(embeddings.shape)}"
+            )
+        if labels.shape != embeddings.shape[:2]:
+            raise ValueError(
+                "SupConLoss: labels must have shape (batch, aspects) matching embeddings, got "
+                f"labels {tuple(labels.shape)} and embeddings {tuple(embeddings.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"SupConLoss: labels must be integer classes, got {labels.dtype}")
+
+        batch, aspects, dim = embeddings.shape
+        cells = batch * aspects
+        if cells == 0:
+            return embeddings.sum() * 0.0
+        device = embeddings.device
+        features = embeddings.reshape(cells, dim)  # (N, D), cell n = comment n // A, aspect n % A
+        flat_labels = labels.reshape(cells)  # (N,)
+        aspect_ids = torch.arange(aspects, device=device).repeat(batch)  # (N,)
+        mentioned = flat_labels > 0  # (N,)
+        not_self = ~torch.eye(cells, dtype=torch.bool, device=device)  # (N, N)
+
+        # Candidates j of the denominator: mentioned and not the anchor itself.
+        candidates = mentioned.unsqueeze(0) & not_self  # (N, N)
+        positives = (
+            (aspect_ids.unsqueeze(0) == aspect_ids.unsqueeze(1))
+            & (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1))
+            & mentioned.unsqueeze(1)
+            & not_self
+        )  # (N, N); same label > 0 implies the candidate is mentioned too
+
+        sim = features @ features.T / self.temperature  # (N, N)
+        sim = sim - sim.amax(dim=1, keepdim=True).detach()
+        sim = sim.masked_fill(~candidates, torch.finfo(sim.dtype).min)
+        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (N, N)
+
+        num_pos = positives.sum(dim=1)  # (N,)
+        pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # (N,)
+        mean_log_prob_pos = pos_log_prob / num_pos.clamp(min=1)  # (N,), 0 without positives
+        has_pos = num_pos > 0  # (N,)
+        return -mean_log_prob_pos.sum() / has_pos.sum().clamp(min=1)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

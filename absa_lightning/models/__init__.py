@@ -1,0 +1,18 @@
+from absa_lightning.models.encoder import (
+    encoder_from_spec,
+    encoder_spec,
+    packaged_minilm,
+    pretrained,
+    tiny_bert,
+)
+from absa_lightning.models.network import AspectOutputs, AspectSentimentNet
+
+__all__ = [
+    "AspectOutputs",
+    "AspectSentimentNet",
+    "encoder_from_spec",
+    "encoder_spec",
+    "packaged_minilm",
+    "pretrained",
+    "tiny_bert",
+]

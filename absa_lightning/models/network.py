@@ -1,0 +1,69 @@
+"""The aspect-sentiment network: an encoder, one embedding of the comment per aspect, two heads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class AspectOutputs(NamedTuple):
+    logits: torch.Tensor  # (B, A, C): C = 1 (absent) + polarities
+    projections: torch.Tensor  # (B, A, P), L2-normalised, for the contrastive loss
+    aspect_embeddings: torch.Tensor  # (B, A, D)
+
+
+class AspectSentimentNet(nn.Module):
+    """Each aspect has a learned query that attends over the token states; the result is that
+    aspect's embedding of the comment. A per-aspect linear head classifies it into
+    {absent, polarity…}; a shared MLP projects it for the supervised contrastive loss.
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        num_aspects: int,
+        num_classes: int,
+        projection_dim: int = 128,
+        attention_heads: int = 4,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        d = encoder.config.hidden_size
+        if d % attention_heads:
+            raise ValueError(
+                f"head.attention_heads={attention_heads} must divide the encoder width {d}"
+            )
+        self.encoder = encoder
+        self.aspect_queries = nn.Parameter(torch.randn(num_aspects, d) * 0.02)
+        self.attention = nn.MultiheadAttention(
+            d, attention_heads, dropout=dropout, batch_first=True
+        )
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(dropout)
+        # One linear classifier per aspect, applied to all aspects at once with an einsum.
+        self.classifier_weight = nn.Parameter(torch.randn(num_aspects, d, num_classes) * 0.02)
+        self.classifier_bias = nn.Parameter(torch.zeros(num_aspects, num_classes))
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, projection_dim))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AspectOutputs:
+        tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        queries = self.aspect_queries.expand(tokens.shape[0], -1, -1)  # (B, A, D)
+        attended, _ = self.attention(
+            queries, tokens, tokens, key_padding_mask=attention_mask == 0, need_weights=False
+        )
+        aspect_embeddings = self.norm(attended + queries)  # (B, A, D)
+        hidden = self.dropout(aspect_embeddings)
+        logits = torch.einsum("bad,adc->bac", hidden, self.classifier_weight) + self.classifier_bias
+        projections = F.normalize(self.projection(hidden), dim=-1)  # (B, A, P)
+        return AspectOutputs(logits, projections, aspect_embeddings)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        encoder = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder]

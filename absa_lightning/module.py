@@ -1,0 +1,134 @@
+"""The LightningModule: the network, both losses combined by their weights, and the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torchmetrics import MaxMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
+
+
+def check_loss_weights(focal_weight: float, contrastive_weight: float) -> None:
+    """Refuse weights that make no sense before any work starts."""
+    for name, weight in (
+        ("focal_weight", focal_weight),
+        ("contrastive_weight", contrastive_weight),
+    ):
+        if weight < 0:
+            raise ValueError(f"loss.{name} must be >= 0, got {weight}")
+    if focal_weight == 0 and contrastive_weight == 0:
+        raise ValueError(
+            "loss.focal_weight and loss.contrastive_weight are both 0: nothing to train"
+        )
+
+
+class AspectSentimentModule(L.LightningModule):
+    """loss = focal_weight * focal + contrastive_weight * contrastive, both logged as curves.
+
+    Everything but the encoder and tokenizer is plain data in `hparams`; the checkpoint adds the
+    encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
+    neither the hub nor the training data.
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        aspects: list[str],
+        polarities: list[str],
+        loss: dict[str, Any],
+        head: dict[str, Any],
+        optimizer: dict[str, Any],
+        encoder_lr: float,
+        scheduler: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        check_loss_weights(loss["focal_weight"], loss["contrastive_weight"])
+        self.save_hyperparameters(ignore=["encoder", "tokenizer"])
+        self.tokenizer = tokenizer
+        self.net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
+        self.focal = instantiate(loss["focal"])
+        self.contrastive = instantiate(loss["contrastive"])
+        self.val_scores = AspectSentimentScores(len(aspects), len(polarities))
+        self.test_scores = AspectSentimentScores(len(aspects), len(polarities))
+        self.val_pair_f1_best = MaxMetric()
+        self.test_per_aspect: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> AspectSentimentModule:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
+        module = cls(encoder, tokenizer, **checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["encoder_spec"] = encoder_spec(self.tokenizer, self.net.encoder)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.net(input_ids, attention_mask)
+
+    def _losses(self, batch: dict[str, torch.Tensor]):
+        out = self.net(batch["input_ids"], batch["attention_mask"])
+        focal = self.focal(out.logits, batch["labels"])
+        contrastive = self.contrastive(out.projections, batch["labels"])
+        weights = self.hparams.loss
+        total = weights["focal_weight"] * focal + weights["contrastive_weight"] * contrastive
+        return out, {"focal_loss": focal, "contrastive_loss": contrastive, "loss": total}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, losses = self._losses(batch)
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items()},
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(batch["labels"]),
+        )
+        return losses["loss"]
+
+    def on_train_start(self) -> None:
+        self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out, losses = self._losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["labels"]))
+        self.val_scores.update(out.logits, batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_scores.compute()
+        self.val_scores.reset()
+        self.val_pair_f1_best.update(scores["pair_f1"])
+        self.log_dict({f"val/{k}": v for k, v in scores.items()})
+        self.log("val/pair_f1_best", self.val_pair_f1_best.compute())
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out, losses = self._losses(batch)
+        self.log_dict({f"test/{k}": v for k, v in losses.items()}, batch_size=len(batch["labels"]))
+        self.test_scores.update(out.logits, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_scores.compute().items()})
+        self.test_per_aspect = self.test_scores.per_aspect()
+        self.test_scores.reset()
+
+    def configure_optimizers(self):
+        groups = [
+            {"params": self.net.encoder_parameters(), "lr": self.hparams.encoder_lr},
+            {"params": self.net.head_parameters()},  # the optimizer's own lr
+        ]
+        optimizer = instantiate(self.hparams.optimizer)(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

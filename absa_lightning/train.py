@@ -1,0 +1,101 @@
+"""Train: data, encoder, model, trainer from the config; fit; test the best checkpoint; report.
+
+python train.py loss.contrastive_weight=0.3
+python train.py -m loss.focal_weight=0.7,0.8,0.9
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from absa_lightning import report
+from absa_lightning.module import AspectSentimentModule, check_loss_weights
+
+log = logging.getLogger(__name__)
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
+
+
+def focal_alpha(alpha, class_counts: torch.Tensor) -> list[float] | None:
+    """`loss.focal.alpha`: null, one weight per class, or `inverse_frequency` of the train split."""
+    if alpha != "inverse_frequency":
+        return alpha
+    weights = class_counts.sum() / class_counts.clamp(min=1).float()
+    return (weights / weights.sum() * len(weights)).tolist()  # mean weight 1
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """A config group of named objects (callbacks, loggers) -> the objects; `null` entries drop."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def train(cfg: DictConfig) -> dict:
+    """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
+    check_loss_weights(cfg.loss.focal_weight, cfg.loss.contrastive_weight)
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    tokenizer, encoder = instantiate(cfg.model.encoder)(texts=datamodule.train_texts())
+    datamodule.set_tokenizer(tokenizer)
+
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss["focal"]["alpha"] = focal_alpha(loss["focal"].get("alpha"), datamodule.class_counts())
+    model = AspectSentimentModule(
+        encoder,
+        tokenizer,
+        aspects=datamodule.aspects,
+        polarities=datamodule.polarities,
+        loss=loss,
+        head=OmegaConf.to_container(cfg.model.head, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        encoder_lr=cfg.model.encoder_lr,
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
+    )
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger)
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    losses = report.final_losses(trainer.callback_metrics)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt_path = best or None  # fast_dev_run saves no checkpoint: use the weights in memory
+    best_val = report.scalars(
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+    )
+    test = report.scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0])
+    per_aspect = report.per_aspect_rows(datamodule.aspects, model.test_per_aspect)
+    report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
+
+    metrics = {
+        "test": test,
+        "best_val": best_val,
+        "final_losses": losses,
+        "per_aspect": per_aspect,
+        "best_checkpoint": best,
+        "aspects": datamodule.aspects,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    report.write_json(run_dir / "metrics.json", metrics)
+    log.info("test: %s", {k: round(v, 4) for k, v in test.items()})
+    log.info("run folder: %s", run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """The value a sweeper optimises: `optimized_metric` of the best validation epoch."""
+    return train(cfg)["best_val"].get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""End to end: train.py and eval.py through Hydra, as a user runs them, on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF_DIR, QUIET, REPO, TINY, compose_train, needs_real_data, write_visfd_subset
+
+from absa_lightning.module import AspectSentimentModule
+from absa_lightning.train import train
+
+
+def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`python <script> <overrides>` from the repository, as a user types it."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_visfd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-epoch run of the tiny model through `python train.py`, shared by several tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    check(
+        run(
+            "train.py",
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    return run_dir
+
+
+def test_fast_dev_run(small_visfd: Path, tmp_path: Path) -> None:
+    check(
+        run(
+            "train.py",
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            "+trainer.fast_dev_run=true",
+            f"hydra.run.dir={tmp_path}",
+        )
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"test/aspect_f1", "test/pair_f1", "test/focal_loss"}
+
+
+def test_run_writes_metrics_checkpoints_and_both_loss_curves(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    expected = {
+        "aspect_f1",
+        "pair_f1",
+        "aspect_f1_macro",
+        "pair_f1_macro",
+        "polarity_acc",
+        "focal_loss",
+        "contrastive_loss",
+        "loss",
+    }
+    assert {k.removeprefix("test/") for k in metrics["test"]} == expected
+    assert all(0 <= metrics["test"][f"test/{k}"] <= 1 for k in ("aspect_f1", "pair_f1"))
+    assert "val/pair_f1_best" in metrics["best_val"]
+    assert set(metrics["final_losses"]) == {
+        f"{stage}/{k}"
+        for stage in ("train", "val")
+        for k in ("focal_loss", "contrastive_loss", "loss")
+    }
+    assert metrics["config"]["loss"]["focal_weight"] == 0.8
+    assert set(metrics["per_aspect"]) == set(metrics["aspects"])
+    assert (trained_run / "checkpoints/last.ckpt").is_file()
+    assert Path(metrics["best_checkpoint"]).is_file()
+
+    with open(trained_run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for column in (
+        "train/focal_loss_step",
+        "train/contrastive_loss_step",
+        "train/focal_loss_epoch",
+        "train/contrastive_loss_epoch",
+        "val/focal_loss",
+        "val/contrastive_loss",
+    ):
+        assert any(row[column] for row in rows), column
+    epochs = [row for row in rows if row["train/focal_loss_epoch"]]
+    assert len(epochs) == 2
+
+
+def test_eval_reproduces_the_test_metrics_of_the_checkpoint(
+    trained_run: Path, small_visfd: Path, tmp_path: Path
+) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    check(
+        run(
+            "eval.py",
+            f"ckpt_path={metrics['best_checkpoint']}",
+            f"data.root={small_visfd}",
+            "data.split=test",
+            f"hydra.run.dir={tmp_path}",
+            "+trainer.enable_progress_bar=false",
+        )
+    )
+    evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
+    for key, value in metrics["test"].items():
+        assert evaluated["test"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_checkpoint_loads_without_data_or_hub(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    model = AspectSentimentModule.from_checkpoint(metrics["best_checkpoint"]).eval()
+    assert model.hparams.aspects == metrics["aspects"]
+    batch = model.tokenizer(["Pin trâu, camera hơi mờ"], return_tensors="pt")
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"])
+    assert out.logits.shape == (1, len(metrics["aspects"]), 4)
+    assert torch.allclose(out.projections.norm(dim=-1), torch.ones(1, len(metrics["aspects"])))
+
+
+def test_multirun_gives_each_job_its_folder_and_metrics(small_visfd: Path, tmp_path: Path) -> None:
+    check(
+        run(
+            "train.py",
+            "-m",
+            "loss.focal_weight=0.7,0.9",
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            "+trainer.fast_dev_run=true",
+            f"hydra.sweep.dir={tmp_path}",
+        )
+    )
+    jobs = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    weights = {json.loads(p.read_text())["config"]["loss"]["focal_weight"] for p in jobs}
+    assert weights == {0.7, 0.9}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.focal_weight=-0.1"], "loss.focal_weight must be >= 0"),
+        (["loss.contrastive_weight=-1"], "loss.contrastive_weight must be >= 0"),
+        (["loss.focal_weight=0", "loss.contrastive_weight=0"], "both 0"),
+    ],
+)
+def test_bad_loss_weights_refused_before_any_work(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    cfg = compose_train([*TINY, *overrides, "data.root=/nonexistent"], tmp_path)
+    with pytest.raises(ValueError, match=message):  # not the missing data: nothing was read
+        train(cfg)
+
+
+def test_same_seed_same_metrics(small_visfd: Path, tmp_path: Path) -> None:
+    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=1"]
+    first = train(compose_train(overrides, tmp_path / "a"))
+    second = train(compose_train(overrides, tmp_path / "b"))
+    assert first["test"] == second["test"]
+    assert first["final_losses"] == second["final_losses"]
+
+
+@needs_real_data
+def test_overfits_64_comments_through_both_losses(tmp_path: Path) -> None:
+    """Train = dev = test = 64 comments: gradients flow, the tiny model memorises them."""
+    data = write_visfd_subset(tmp_path / "data", {"Train.csv": 64})
+    for split in ("Dev.csv", "Test.csv"):
+        (data / split).write_bytes((data / "Train.csv").read_bytes())
+    overrides = [
+        *TINY,
+        *QUIET,
+        f"data.root={data}",
+        "data.batch_size=16",
+        "model.encoder.hidden_size=64",
+        "model.encoder.intermediate_size=128",
+        "model.head.dropout=0",
+        "model.encoder.dropout=0",
+        "optimizer.lr=3e-3",
+        "model.encoder_lr=3e-3",
+        "trainer.max_epochs=40",
+        "~callbacks.early_stopping",
+    ]
+    metrics = train(compose_train(overrides, tmp_path / "run"))
+    assert metrics["test"]["test/pair_f1"] >= 0.9
+    with open(tmp_path / "run/metrics.csv", newline="") as f:
+        epochs = [row for row in csv.DictReader(f) if row["train/focal_loss_epoch"]]
+    for loss in ("focal_loss", "contrastive_loss"):  # both fell: gradients flow through both
+        first, last = (float(epochs[i][f"train/{loss}_epoch"]) for i in (0, -1))
+        assert last < 0.6 * first, (loss, first, last)
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_composes(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert cfg.model.encoder._target_.startswith("absa_lightning.models.")
+    assert cfg.loss.focal_weight + cfg.loss.contrastive_weight > 0
+
+
+@pytest.mark.slow
+def test_default_recipe_runs_on_the_packaged_minilm(small_visfd: Path, tmp_path: Path) -> None:
+    """The real loading code (`from_pretrained` on a local Hugging Face folder), one batch."""
+    cfg = compose_train(
+        [
+            "experiment=visfd_minilm_cpu",
+            *QUIET,
+            f"data.root={small_visfd}",
+            "+trainer.fast_dev_run=true",
+        ],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert metrics["test"]["test/focal_loss"] > 0
