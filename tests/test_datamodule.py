@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from absa_lightning.data import AspectSentimentDataModule, DataError, read_csv, read_jsonl
 from absa_lightning.data.download import DatasetNotFoundError
 from absa_lightning.data.formats import split_label_string
-from absa_lightning.models import tiny_bert
+from absa_lightning.models import scratch_bert
 
 FILES = {"train": "Train.csv", "dev": "Dev.csv", "test": "Test.csv"}
 VISFD_ASPECTS = [
@@ -296,7 +296,7 @@ LONG = " ".join(["pin trâu màn hình đẹp camera tệ giá ổn"] * 6)
 @functools.cache
 def tiny_tokenizer():
     texts = [text for text, _ in TRAIN + DEV + TEST] + [SHORT, MEDIUM, LONG]
-    tok, _ = tiny_bert(
+    tok, _ = scratch_bert(
         texts, vocab_size=200, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64
     )
     return tok

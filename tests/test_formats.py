@@ -187,7 +187,7 @@ CSV_AFTER = "3,cuối,{PRICE#Neutral};\n"
         ("2,máy đẹp,{CAMERA#};", "unknown polarity ''", "{CAMERA#};"),
         ("2,máy đẹp,{#Positive};", "empty aspect name", "{#Positive};"),
         ("2,máy đẹp,", "empty label", ""),
-        ("2,   ,{CAMERA#Positive};", "empty comment", "   "),
+        ("2,   ,{CAMERA#Positive};", "empty comment", "2,   ,{CAMERA#Positive};"),
         (
             "2,máy đẹp,{CAMERA#Positive};{CAMERA#Negative};",
             "two polarities for aspect 'CAMERA'",

@@ -220,7 +220,7 @@ def test_default_recipe_runs_on_the_packaged_minilm(small_visfd: Path, tmp_path:
     """The real loading code (`from_pretrained` on a local Hugging Face folder), one batch."""
     cfg = compose_train(
         [
-            "experiment=visfd_minilm_cpu",
+            "model=minilm",
             *QUIET,
             f"data.root={small_visfd}",
             "+trainer.fast_dev_run=true",

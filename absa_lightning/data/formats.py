@@ -129,7 +129,7 @@ def read_csv(
                     raise ValueError("empty comment")
                 examples.append(Example(text.strip(), parse_labels(split_label_string(label), polarities), line))
             except ValueError as err:
-                errors.bad_row(line, str(err), label if text.strip() else text)
+                errors.bad_row(line, str(err), label if text.strip() else ",".join(values))
     errors.report()
     return examples
 

@@ -3,7 +3,7 @@ from absa_lightning.models.encoder import (
     encoder_spec,
     packaged_minilm,
     pretrained,
-    tiny_bert,
+    scratch_bert,
 )
 from absa_lightning.models.network import AspectOutputs, AspectSentimentNet
 
@@ -14,5 +14,5 @@ __all__ = [
     "encoder_spec",
     "packaged_minilm",
     "pretrained",
-    "tiny_bert",
+    "scratch_bert",
 ]

@@ -1,5 +1,5 @@
-"""Encoders and their tokenizers: a hub or local pretrained model, the packaged MiniLM, or a tiny
-transformer trained from scratch. Each builder takes the training comments (only `tiny_bert`
+"""Encoders and their tokenizers: a hub or local pretrained model, the packaged MiniLM, or a BERT
+trained from scratch. Each builder takes the training comments (only `scratch_bert`
 uses them) and returns `(tokenizer, encoder)`.
 
 A checkpoint carries `encoder_spec` (the encoder's config and the tokenizer's files), so that
@@ -54,7 +54,7 @@ SPECIAL_TOKENS = {
 }
 
 
-def tiny_bert(
+def scratch_bert(
     texts: Sequence[str],
     vocab_size: int = 8000,
     hidden_size: int = 128,
