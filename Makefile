@@ -19,7 +19,6 @@ $(PY):
 	python3 -m venv $(VENV)
 
 install: $(PY) ## Virtual env in .venv: torch (CPU build here), then the package with dev extras
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 

@@ -13,7 +13,7 @@ import torch
 from conftest import CONF_DIR, QUIET, REPO, TINY, compose_train, needs_real_data, write_visfd_subset
 
 from absa_lightning.module import AspectSentimentModule
-from absa_lightning.train import train
+from absa_lightning.train import focal_alpha, train
 
 
 def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -229,3 +229,24 @@ def test_default_recipe_runs_on_the_packaged_minilm(small_visfd: Path, tmp_path:
     )
     metrics = train(cfg)
     assert metrics["test"]["test/focal_loss"] > 0
+
+
+def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: Path) -> None:
+    """An interrupted run goes on from `last.ckpt` in its own folder, keeping its loss curves."""
+    last = trained_run / "checkpoints/last.ckpt"
+    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=3",
+                 "trainer.log_every_n_steps=1", f"ckpt_path={last}"]  # fmt: skip
+    train(compose_train(overrides, trained_run))
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    with open(trained_run / "metrics.csv", newline="") as f:
+        epochs = [row["epoch"] for row in csv.DictReader(f) if row["train/focal_loss_epoch"]]
+    assert epochs == ["0", "1", "2"]  # epochs 0-1 kept from before, not redone
+
+
+def test_focal_alpha_inverse_frequency() -> None:
+    counts = torch.tensor([600, 200, 150, 50])
+    alpha = torch.tensor(focal_alpha("inverse_frequency", counts))
+    assert alpha.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(alpha * counts, torch.full((4,), float(alpha[0] * 600)))
+    assert focal_alpha([1.0, 2.0, 2.0, 2.0], counts) == [1.0, 2.0, 2.0, 2.0]
+    assert focal_alpha(None, counts) is None

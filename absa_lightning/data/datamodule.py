@@ -68,7 +68,11 @@ class AspectSentimentDataModule(L.LightningDataModule):
         self.polarities = list(polarities)
         self.aspects = list(aspects) if aspects else None
         self.on_error, self.split = on_error, split
-        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.max_length, self.batch_size, self.eval_batch_size = (
+            max_length,
+            batch_size,
+            eval_batch_size,
+        )
         self.num_workers = num_workers
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._examples: dict[str, list[Example]] = {}
@@ -110,7 +114,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         if split not in self._examples:
             examples = self.reader(self.paths[split], self.polarities, on_error=self.on_error)
             if self.preprocess is not None:
-                examples = [Example(self.preprocess(ex.text), ex.labels, ex.line) for ex in examples]
+                examples = [
+                    Example(self.preprocess(ex.text), ex.labels, ex.line) for ex in examples
+                ]
             self._examples[split] = examples
         return self._examples[split]
 

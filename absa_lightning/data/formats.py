@@ -64,7 +64,9 @@ class RowErrors:
             log.warning("%s: skipped %d rows (%s)", self.path, self.skipped.total(), reasons)
 
 
-def parse_labels(items: Sequence[tuple[str, str | None]], polarities: Sequence[str]) -> dict[str, str]:
+def parse_labels(
+    items: Sequence[tuple[str, str | None]], polarities: Sequence[str]
+) -> dict[str, str]:
     """(aspect, polarity or None) pairs -> {aspect: canonical polarity}; raises ValueError."""
     canonical = {p.lower(): p for p in polarities}
     labels: dict[str, str] = {}
@@ -127,14 +129,18 @@ def read_csv(
             try:
                 if not text.strip():
                     raise ValueError("empty comment")
-                examples.append(Example(text.strip(), parse_labels(split_label_string(label), polarities), line))
+                examples.append(
+                    Example(text.strip(), parse_labels(split_label_string(label), polarities), line)
+                )
             except ValueError as err:
                 errors.bad_row(line, str(err), label if text.strip() else ",".join(values))
     errors.report()
     return examples
 
 
-def read_jsonl(path: str | Path, polarities: Sequence[str], on_error: OnError = "raise") -> list[Example]:
+def read_jsonl(
+    path: str | Path, polarities: Sequence[str], on_error: OnError = "raise"
+) -> list[Example]:
     """One `{"text": ..., "labels": [{"aspect": ..., "polarity": ...}]}` object a line.
 
     `"polarity": null` (or absent) is the JSON form of a label without polarity.
@@ -152,7 +158,9 @@ def read_jsonl(path: str | Path, polarities: Sequence[str], on_error: OnError = 
                     raise ValueError("not a JSON object")
                 text, items = record.get("text"), record.get("labels")
                 if not isinstance(text, str) or not text.strip():
-                    raise ValueError("empty comment" if isinstance(text, str) else "missing field 'text'")
+                    raise ValueError(
+                        "empty comment" if isinstance(text, str) else "missing field 'text'"
+                    )
                 if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                     raise ValueError("field 'labels' must be a list of {aspect, polarity} objects")
                 if any(not isinstance(i.get("aspect"), str) for i in items):
