@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, QUIET, REPO, TINY, compose_train, needs_real_data, write_visfd_subset
+from hydra import compose, initialize_config_dir
 
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.train import focal_alpha, train
@@ -250,3 +251,11 @@ def test_focal_alpha_inverse_frequency() -> None:
     torch.testing.assert_close(alpha * counts, torch.full((4,), float(alpha[0] * 600)))
     assert focal_alpha([1.0, 2.0, 2.0, 2.0], counts) == [1.0, 2.0, 2.0, 2.0]
     assert focal_alpha(None, counts) is None
+
+
+def test_hparams_search_sweeps_both_loss_weights() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=loss_weights"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["loss.focal_weight"] == "0.7,0.8,0.9"
+    assert params["loss.contrastive_weight"] == "0.1,0.2,0.3"

@@ -30,7 +30,7 @@ Encoder = tuple[PreTrainedTokenizerBase, PreTrainedModel]
 
 def pretrained(name_or_path: str | Path, texts: Sequence[str] | None = None) -> Encoder:
     """A pretrained encoder by hub name (what cluster jobs use) or local Hugging Face folder."""
-    encoder = AutoModel.from_pretrained(str(name_or_path))
+    encoder = without_pooler(AutoModel.from_pretrained(str(name_or_path)))
     # from_pretrained gives eval mode, which Lightning keeps: dropout would stay off.
     return AutoTokenizer.from_pretrained(str(name_or_path)), encoder.train()
 
@@ -101,7 +101,7 @@ def scratch_bert(
         attention_probs_dropout_prob=dropout,
         pad_token_id=fast.pad_token_id,
     )
-    return fast, BertModel(config, add_pooling_layer=False)
+    return fast, without_pooler(BertModel(config))
 
 
 def encoder_spec(tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel) -> dict:
@@ -120,4 +120,12 @@ def encoder_from_spec(spec: dict) -> Encoder:
         for name, data in spec["tokenizer_files"].items():
             (Path(tmp) / name).write_bytes(data)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
-    return tokenizer, AutoModel.from_config(config, add_pooling_layer=False)
+    return tokenizer, without_pooler(AutoModel.from_config(config))
+
+
+def without_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
+    """Drop the [CLS] pooler (BERT, RoBERTa, XLM-R): the aspect queries read the token states,
+    and unused parameters would only cost memory and trouble DDP."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder

@@ -1,0 +1,112 @@
+"""The network and the checkpoint round trip, on encoders built here (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from absa_lightning.models import AspectSentimentNet, packaged_minilm, scratch_bert
+from absa_lightning.module import AspectSentimentModule
+
+TEXTS = [
+    "Pin trâu, camera hơi mờ",
+    "Giá rẻ",
+    "Màn hình đẹp nhưng loa nhỏ, pin tụt nhanh khi chơi game",
+]
+ASPECTS = ["BATTERY", "CAMERA", "PRICE", "SCREEN"]
+POLARITIES = ["Positive", "Negative", "Neutral"]
+
+
+def tiny_encoder():
+    return scratch_bert(
+        TEXTS * 3, vocab_size=100, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64
+    )
+
+
+def module_for(tokenizer, encoder) -> AspectSentimentModule:
+    return AspectSentimentModule(
+        encoder,
+        tokenizer,
+        aspects=ASPECTS,
+        polarities=POLARITIES,
+        loss={
+            "focal_weight": 0.8,
+            "contrastive_weight": 0.2,
+            "focal": {"_target_": "absa_lightning.losses.FocalLoss", "gamma": 2.0},
+            "contrastive": {"_target_": "absa_lightning.losses.SupConLoss", "temperature": 0.1},
+        },
+        head={"projection_dim": 8, "attention_heads": 2, "dropout": 0.1},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        encoder_lr=1e-4,
+    ).eval()
+
+
+def test_shapes_and_normalised_projections() -> None:
+    tokenizer, encoder = tiny_encoder()
+    net = AspectSentimentNet(
+        encoder, num_aspects=4, num_classes=4, projection_dim=8, attention_heads=2
+    ).eval()
+    batch = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    out = net(batch["input_ids"], batch["attention_mask"])
+    assert out.logits.shape == (3, 4, 4)
+    assert out.projections.shape == (3, 4, 8)
+    assert out.aspect_embeddings.shape == (3, 4, 32)
+    torch.testing.assert_close(out.projections.norm(dim=-1), torch.ones(3, 4))
+
+
+def test_padding_does_not_change_a_comment_s_outputs() -> None:
+    """Padding to the longest comment in the batch is masked out of the aspect attention."""
+    tokenizer, encoder = tiny_encoder()
+    net = AspectSentimentNet(encoder, 4, 4, projection_dim=8, attention_heads=2).eval()
+    alone = tokenizer(TEXTS[1:2], return_tensors="pt")
+    padded = tokenizer(TEXTS[1:], padding="longest", return_tensors="pt")
+    assert padded["input_ids"].shape[1] > alone["input_ids"].shape[1]
+    with torch.no_grad():
+        a = net(alone["input_ids"], alone["attention_mask"])
+        b = net(padded["input_ids"], padded["attention_mask"])
+    torch.testing.assert_close(a.logits[0], b.logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_and_head_parameters_split_the_network() -> None:
+    _, encoder = tiny_encoder()
+    net = AspectSentimentNet(encoder, 4, 4, projection_dim=8, attention_heads=2)
+    enc = {id(p) for p in net.encoder_parameters()}
+    heads = {id(p) for p in net.head_parameters()}
+    assert not enc & heads
+    assert enc | heads == {id(p) for p in net.parameters()}
+    assert id(net.aspect_queries) in heads
+
+
+def test_attention_heads_must_divide_width() -> None:
+    _, encoder = tiny_encoder()
+    with pytest.raises(ValueError, match="attention_heads=3"):
+        AspectSentimentNet(encoder, 4, 4, attention_heads=3)
+
+
+def roundtrip(module: AspectSentimentModule, path: Path) -> AspectSentimentModule:
+    """What ModelCheckpoint saves, and what eval and prediction load."""
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return AspectSentimentModule.from_checkpoint(path).eval()
+
+
+@pytest.mark.parametrize(
+    "build", [tiny_encoder, pytest.param(packaged_minilm, marks=pytest.mark.slow)]
+)
+def test_checkpoint_round_trip_gives_identical_outputs(build, tmp_path: Path) -> None:
+    module = module_for(*build())
+    loaded = roundtrip(module, tmp_path / "model.ckpt")
+    assert loaded.hparams.aspects == ASPECTS
+    batch = loaded.tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    assert torch.equal(
+        batch["input_ids"],
+        module.tokenizer(TEXTS, padding="longest", return_tensors="pt")["input_ids"],
+    )
+    with torch.no_grad():
+        expected = module(batch["input_ids"], batch["attention_mask"])
+        actual = loaded(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(actual.logits, expected.logits)
+    torch.testing.assert_close(actual.projections, expected.projections)
