@@ -235,8 +235,14 @@ def test_default_recipe_runs_on_the_packaged_minilm(small_visfd: Path, tmp_path:
 def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: Path) -> None:
     """An interrupted run goes on from `last.ckpt` in its own folder, keeping its loss curves."""
     last = trained_run / "checkpoints/last.ckpt"
-    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=3",
-                 "trainer.log_every_n_steps=1", f"ckpt_path={last}"]  # fmt: skip
+    overrides = [
+        *TINY,
+        *QUIET,
+        f"data.root={small_visfd}",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        f"ckpt_path={last}",
+    ]
     train(compose_train(overrides, trained_run))
     assert torch.load(last, weights_only=True)["epoch"] == 2
     with open(trained_run / "metrics.csv", newline="") as f:
@@ -259,3 +265,39 @@ def test_hparams_search_sweeps_both_loss_weights() -> None:
     params = cfg.hydra.sweeper.params
     assert params["loss.focal_weight"] == "0.7,0.8,0.9"
     assert params["loss.contrastive_weight"] == "0.1,0.2,0.3"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_user_datasets_train_through_data_csv_and_jsonl(fmt: str, tmp_path: Path) -> None:
+    """`data=csv` / `data=jsonl` with the user's own files and column names."""
+    rows = [
+        ("Pin trâu, chụp ảnh đẹp", [("BATTERY", "Positive"), ("CAMERA", "positive")]),
+        ("Giá hơi cao", [("PRICE", "Negative")]),
+        ("Màn hình ổn", [("SCREEN", "Neutral"), ("OTHERS", None)]),
+    ] * 6
+    for split in ("train", "dev", "test"):
+        path = tmp_path / f"{split}.{fmt}"
+        if fmt == "jsonl":
+            lines = [
+                json.dumps({"text": t, "labels": [{"aspect": a, "polarity": p} for a, p in ls]})
+                for t, ls in rows
+            ]
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        else:
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["review", "aspects"])
+                for text, labels in rows:
+                    items = [f"{{{a}#{p}}}" if p else f"{{{a}}}" for a, p in labels]
+                    writer.writerow([text, ";".join(items) + ";"])
+    columns = ["data.reader.text_column=review", "data.reader.label_column=aspects"]
+    overrides = [
+        *TINY,
+        *QUIET,
+        f"data={fmt}",
+        f"data.root={tmp_path}",
+        "+trainer.fast_dev_run=true",
+        *(columns if fmt == "csv" else []),
+    ]
+    metrics = train(compose_train(overrides, tmp_path / "run"))
+    assert metrics["aspects"] == ["BATTERY", "CAMERA", "PRICE", "SCREEN"]

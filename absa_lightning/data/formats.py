@@ -139,11 +139,17 @@ def read_csv(
 
 
 def read_jsonl(
-    path: str | Path, polarities: Sequence[str], on_error: OnError = "raise"
+    path: str | Path,
+    polarities: Sequence[str],
+    on_error: OnError = "raise",
+    text_column: str = "text",
+    label_column: str = "labels",
 ) -> list[Example]:
     """One `{"text": ..., "labels": [{"aspect": ..., "polarity": ...}]}` object a line.
 
-    `"polarity": null` (or absent) is the JSON form of a label without polarity.
+    `"polarity": null` (or absent) is the JSON form of a label without polarity. The two field
+    names are configurable, and named like `read_csv`'s columns, so both readers take the same
+    arguments.
     """
     path = Path(path)
     errors = RowErrors(path, on_error)
@@ -156,13 +162,17 @@ def read_jsonl(
                 record = json.loads(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
-                text, items = record.get("text"), record.get("labels")
+                text, items = record.get(text_column), record.get(label_column)
                 if not isinstance(text, str) or not text.strip():
                     raise ValueError(
-                        "empty comment" if isinstance(text, str) else "missing field 'text'"
+                        "empty comment"
+                        if isinstance(text, str)
+                        else f"missing field {text_column!r}"
                     )
                 if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-                    raise ValueError("field 'labels' must be a list of {aspect, polarity} objects")
+                    raise ValueError(
+                        f"field {label_column!r} must be a list of {{aspect, polarity}} objects"
+                    )
                 if any(not isinstance(i.get("aspect"), str) for i in items):
                     raise ValueError("a label without an 'aspect' string")
                 if any(not isinstance(i.get("polarity"), str | None) for i in items):
