@@ -63,6 +63,7 @@ class AspectSentimentModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> AspectSentimentModule:
+        """The trained module from a checkpoint alone: no hub, no data, no pickled code."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
         module = cls(encoder, tokenizer, **checkpoint["hyper_parameters"])
