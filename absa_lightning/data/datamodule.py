@@ -63,23 +63,21 @@ class AspectSentimentDataModule(L.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
         self.root = Path(root).expanduser()
+        self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
         self.reader, self.preprocess, self.download = reader, preprocess, download
         self.polarities = list(polarities)
         self.aspects = list(aspects) if aspects else None
         self.on_error, self.split = on_error, split
-        self.max_length, self.batch_size, self.eval_batch_size = (
-            max_length,
-            batch_size,
-            eval_batch_size,
-        )
+        self.max_length = max_length
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._examples: dict[str, list[Example]] = {}
         self.datasets: dict[str, AspectSentimentDataset] = {}
 
     def prepare_data(self) -> None:
-        ensure_dataset(self.root, [p.name for p in self.paths.values()], **(self.download or {}))
+        ensure_dataset(self.root, list(self.files.values()), **(self.download or {}))
 
     def setup(self, stage: str | None = None) -> None:
         needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(stage or "fit", [self.split])
