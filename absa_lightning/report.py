@@ -35,21 +35,23 @@ def per_aspect_rows(aspects: list[str], per_aspect: dict[str, torch.Tensor]) -> 
 
 
 def print_per_aspect_table(rows: dict[str, dict], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("aspect")
-    names = [
-        "aspect_precision",
-        "aspect_recall",
-        "aspect_f1",
-        "pair_precision",
-        "pair_recall",
-        "pair_f1",
-        "support",
-    ]
-    for name in names:
-        table.add_column(name.replace("_", " "), justify="right")
+    """Detection (aspect mentioned?) and pair (aspect and polarity) scores, one row an aspect."""
+    columns = {
+        "aspect_precision": "P",
+        "aspect_recall": "R",
+        "aspect_f1": "F1",
+        "pair_precision": "pair P",
+        "pair_recall": "pair R",
+        "pair_f1": "pair F1",
+        "support": "gold",
+    }
+    table = Table(title=f"{title}: detection P/R/F1, pair P/R/F1, gold mentions")
+    table.add_column("aspect", no_wrap=True)
+    for header in columns.values():
+        table.add_column(header, justify="right", no_wrap=True)
     for aspect, row in rows.items():
-        table.add_row(aspect, *(f"{row[n]:.3f}" if n != "support" else str(row[n]) for n in names))
+        cells = (str(row[k]) if k == "support" else f"{row[k]:.3f}" for k in columns)
+        table.add_row(aspect, *cells)
     Console().print(table)
 
 
