@@ -4,10 +4,12 @@ from absa_lightning.data import AspectSentimentDataModule
 from absa_lightning.losses import FocalLoss, SupConLoss
 from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.module import AspectSentimentModule
+from absa_lightning.predictor import AspectSentimentPredictor
 
 __all__ = [
     "AspectSentimentDataModule",
     "AspectSentimentModule",
+    "AspectSentimentPredictor",
     "AspectSentimentScores",
     "FocalLoss",
     "SupConLoss",

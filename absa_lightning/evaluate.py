@@ -1,30 +1,43 @@
-"""Evaluate a checkpoint on a split: `python eval.py ckpt_path=... data.split=test`.
+"""Evaluate on a split: run a checkpoint, `python eval.py ckpt_path=... data.split=test`, or score
+a predictions file of `absa-predict`, `python eval.py predictions=preds.jsonl data.split=test`.
 
-The aspect list, polarities, tokenizer and encoder come from the checkpoint, never from the data.
+A checkpoint brings its aspect list, polarities, tokenizer and encoder, never taken from the data.
+A predictions file is scored against the split's gold labels over the aspect list that training
+uses: `data.aspects`, else the sorted aspects of the training split.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from absa_lightning import report
+from absa_lightning.data import DataError, Example, read_jsonl
+from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.module import AspectSentimentModule
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test metrics of `cfg.ckpt_path` on `cfg.data.split`, also written to `eval_metrics.json`."""
-    ckpt_path = Path(hydra.utils.to_absolute_path(cfg.ckpt_path))
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file ({ckpt_path})")
+def existing_file(option: str, value: str) -> Path:
+    path = Path(hydra.utils.to_absolute_path(value))
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}={value}: no such file ({path})")
+    return path
+
+
+def run_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
+    """What was scored, the metrics and the per-aspect rows of `cfg.ckpt_path` on the split."""
+    ckpt_path = existing_file("ckpt_path", cfg.ckpt_path)
     model = AspectSentimentModule.from_checkpoint(ckpt_path)
     datamodule = instantiate(
         cfg.data, aspects=model.hparams.aspects, polarities=model.hparams.polarities
@@ -34,20 +47,74 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False)
     metrics = report.scalars(trainer.test(model, datamodule=datamodule)[0])
     per_aspect = report.per_aspect_rows(model.hparams.aspects, model.test_per_aspect)
-    report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
+    return {"checkpoint": str(ckpt_path), "split": datamodule.split}, metrics, per_aspect
 
-    out = Path(cfg.output_dir) / "eval_metrics.json"
+
+def label_matrix(
+    examples: Sequence[Example], aspects: Sequence[str], polarities: Sequence[str], path: Path
+) -> torch.Tensor:
+    """(N, A) classes, 0 = absent, 1 + polarity index; an aspect outside `aspects` is an error."""
+    column = {a: i for i, a in enumerate(aspects)}
+    polarity = {p: 1 + i for i, p in enumerate(polarities)}
+    labels = torch.zeros(len(examples), len(aspects), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        for aspect, pol in ex.labels.items():
+            if aspect not in column:
+                raise DataError(path, ex.line, f"aspect {aspect!r} not in {list(aspects)}", ex.text)
+            labels[row, column[aspect]] = polarity[pol]
+    return labels
+
+
+def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
+    """What was scored, the metrics and the per-aspect rows of `cfg.predictions` against the
+    split's gold labels. The predictions must be of the split's comments, in its order."""
+    path = existing_file("predictions", cfg.predictions)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")  # the aspect list, and the gold labels of data.split
+    split, gold = datamodule.split, datamodule.datasets[datamodule.split]
+    predicted = read_jsonl(path, datamodule.polarities)
+    if len(predicted) != len(gold):
+        raise ValueError(
+            f"{path}: {len(predicted)} comments, but the {split} split "
+            f"({datamodule.paths[split]}) has {len(gold)}: predict on that file"
+        )
+    prepare = datamodule.preprocess or (lambda text: text)
+    for i, (ex, gold_text) in enumerate(zip(predicted, gold.texts, strict=True)):
+        if prepare(ex.text) != gold_text:
+            problem = f"not comment {i + 1} of the {split} split, {gold_text!r}"
+            raise DataError(path, ex.line, problem, ex.text)
+
+    scores = AspectSentimentScores(len(datamodule.aspects), len(datamodule.polarities))
+    scores.update(
+        label_matrix(predicted, datamodule.aspects, datamodule.polarities, path), gold.labels
+    )
+    metrics = {f"test/{k}": float(v) for k, v in sorted(scores.compute().items())}
+    per_aspect = report.per_aspect_rows(datamodule.aspects, scores.per_aspect())
+    return {"predictions": str(path), "split": split}, metrics, per_aspect
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test metrics of `cfg.ckpt_path` or `cfg.predictions` on `cfg.data.split`, also written
+    to `eval_metrics.json`."""
+    if (cfg.ckpt_path is None) == (cfg.predictions is None):
+        raise ValueError(
+            "give ckpt_path=<checkpoint> (to run it) or predictions=<file.jsonl> "
+            "(absa-predict's output, to score it), not both"
+        )
+    scored = score_predictions if cfg.predictions is not None else run_checkpoint
+    source, metrics, per_aspect = scored(cfg)
+    report.print_per_aspect_table(per_aspect, title=f"{source['split']} split, per aspect")
     report.write_json(
-        out,
+        Path(cfg.output_dir) / "eval_metrics.json",
         {
-            "checkpoint": str(ckpt_path),
-            "split": datamodule.split,
+            **source,
             "test": metrics,
             "per_aspect": per_aspect,
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
     )
-    log.info("%s: %s", datamodule.split, {k: round(v, 4) for k, v in metrics.items()})
+    log.info("%s: %s", source["split"], {k: round(v, 4) for k, v in metrics.items()})
     return metrics
 
 

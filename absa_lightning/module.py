@@ -34,7 +34,9 @@ class AspectSentimentModule(L.LightningModule):
 
     Everything but the encoder and tokenizer is plain data in `hparams`; the checkpoint adds the
     encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
-    neither the hub nor the training data.
+    neither the hub nor the training data. `max_length` and `preprocess` (the data config's) are
+    kept for prediction, which must cut and prepare comments as training did; checkpoints from
+    before they were kept get the defaults, 128 tokens and no preprocessing.
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class AspectSentimentModule(L.LightningModule):
         optimizer: dict[str, Any],
         encoder_lr: float,
         scheduler: dict[str, Any] | None = None,
+        max_length: int = 128,
+        preprocess: dict[str, Any] | None = None,
     ):
         super().__init__()
         check_loss_weights(loss["focal_weight"], loss["contrastive_weight"])

@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> dict:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         encoder_lr=cfg.model.encoder_lr,
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
+        max_length=cfg.data.max_length,
+        preprocess=OmegaConf.to_container(cfg.data.preprocess) if cfg.data.preprocess else None,
     )
 
     trainer: L.Trainer = instantiate(

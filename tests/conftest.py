@@ -64,3 +64,21 @@ def small_visfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"UIT-ViSFD not found in {DATA_DIR} (set ABSA_DATA_DIR)")
     sizes = {"Train.csv": 128, "Dev.csv": 48, "Test.csv": 48}
     return write_visfd_subset(tmp_path_factory.mktemp("visfd_small"), sizes)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_visfd: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny model trained once a session (~10 s) for the prediction, export and serve tests:
+    its `metrics.json`, whose `best_checkpoint` they load. Three epochs at a high learning rate,
+    so that it predicts some aspects (test aspect F1 ~0.2), not none."""
+    from absa_lightning.train import train
+
+    overrides = [
+        *TINY,
+        *QUIET,
+        f"data.root={small_visfd}",
+        "trainer.max_epochs=3",
+        "optimizer.lr=3e-3",
+        "model.encoder_lr=3e-3",
+    ]
+    return train(compose_train(overrides, tmp_path_factory.mktemp("tiny_run")))

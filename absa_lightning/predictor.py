@@ -1,0 +1,342 @@
+"""Run a trained model on new comments: `AspectSentimentPredictor`.
+
+What the probabilities mean. For each comment and aspect the network gives a softmax over
+C = 1 + P classes: absent, then the polarities. The predictor reports
+
+- `mentioned_probability` = P(mentioned) = 1 - softmax[absent]: that the comment speaks of the
+  aspect at all, whatever the polarity;
+- `polarity_probability` = P(polarity | mentioned) = softmax[polarity] / P(mentioned): how sure
+  the model is of the polarity, given that the aspect is mentioned.
+
+Their product is softmax[polarity], the probability of the (aspect, polarity) pair. These are the
+model's scores; they are not calibrated unless the model was (focal loss, in particular, pushes
+them towards 0.5).
+
+Decoding. `threshold=None` (the default) decodes as the training metrics do: the class with the
+highest softmax, so an aspect is mentioned when P(mentioned) beats every single class. A number,
+or a mapping from aspect to number (aspects not named keep the default), says instead: mentioned
+iff P(mentioned) >= threshold; the polarity is then the most probable one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from rich.console import Console
+from rich.progress import track
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
+
+from absa_lightning.models import AspectSentimentNet
+from absa_lightning.models.encoder import without_pooler
+from absa_lightning.module import AspectSentimentModule
+
+Threshold = float | Mapping[str, float] | None
+
+CONFIG_FILE = "absa_config.json"  # aspects, polarities, thresholds, the training hyper-parameters
+HEADS_FILE = "heads.safetensors"  # every network weight outside the encoder
+ENCODER_DIR = "encoder"  # the encoder and its tokenizer, in Hugging Face `save_pretrained` form
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AspectPrediction:
+    """One aspect a comment mentions."""
+
+    aspect: str
+    polarity: str
+    polarity_probability: float  # P(polarity | mentioned)
+    mentioned_probability: float  # P(mentioned), whatever the polarity
+
+
+@dataclass(frozen=True)
+class CommentPrediction:
+    text: str
+    aspects: list[AspectPrediction]  # in the model's aspect order
+    truncated: bool  # longer than max_length tokens: only the start was read
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON Lines record that `data=jsonl` training and `eval.py predictions=` read."""
+        labels = [
+            {
+                **asdict(a),
+                "polarity_probability": round(a.polarity_probability, 6),
+                "mentioned_probability": round(a.mentioned_probability, 6),
+            }
+            for a in self.aspects
+        ]
+        return {"text": self.text, "labels": labels, "truncated": self.truncated}
+
+
+class AspectSentimentPredictor:
+    """A trained network and its tokenizer, ready for new comments; needs no training data.
+
+    >>> p = AspectSentimentPredictor.from_checkpoint("outputs/runs/<run>/checkpoints/best.ckpt")
+    >>> p.predict(["Pin trâu, camera hơi mờ"])[0].aspects
+    [AspectPrediction(aspect='BATTERY', polarity='Positive', ...), ...]
+
+    Comments are cut to `max_length` tokens (the training data's; `truncated` says when) and run
+    `batch_size` at a time, shortest first, on `device` (None: CUDA when there is one).
+    """
+
+    def __init__(
+        self,
+        net: AspectSentimentNet,
+        tokenizer: PreTrainedTokenizerBase,
+        aspects: Sequence[str],
+        polarities: Sequence[str],
+        *,
+        max_length: int = 128,
+        preprocess: Mapping[str, Any] | None = None,
+        threshold: Threshold = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        hparams: Mapping[str, Any] | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for a token, got {max_length}")
+        self.aspects, self.polarities = list(aspects), list(polarities)
+        self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
+        self.preprocess_config = dict(preprocess) if preprocess else None
+        self._preprocess: Callable[[str], str] | None = (
+            instantiate(self.preprocess_config) if self.preprocess_config else None
+        )
+        self.threshold = dict(threshold) if isinstance(threshold, Mapping) else threshold
+        self.thresholds = aspect_thresholds(threshold, self.aspects)  # (A,), NaN: argmax
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.eval().to(self.device)
+        self.hparams = dict(hparams or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> AspectSentimentPredictor:
+        """From a Lightning checkpoint of `train.py`; `options` as for the constructor."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such checkpoint file: {path}")
+        module = AspectSentimentModule.from_checkpoint(path)
+        hparams = dict(module.hparams)
+        return cls(
+            module.net,
+            module.tokenizer,
+            hparams["aspects"],
+            hparams["polarities"],
+            max_length=hparams.get("max_length", 128),
+            preprocess=hparams.get("preprocess"),
+            hparams=hparams,
+            **options,
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **options: Any) -> AspectSentimentPredictor:
+        """From a folder written by `save_pretrained` (`absa-export`), offline.
+
+        The folder's threshold is the default; a `threshold` in `options` replaces it.
+        """
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: not an exported model (no {CONFIG_FILE})")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path}: format_version {config.get('format_version')!r}, "
+                f"this version reads {FORMAT_VERSION}"
+            )
+        with quiet_transformers():  # else it reports the pooler, dropped in training, missing
+            encoder = without_pooler(AutoModel.from_pretrained(str(folder / ENCODER_DIR)))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / ENCODER_DIR))
+        aspects, polarities = config["aspects"], config["polarities"]
+        net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **config["head"])
+        missing, unexpected = net.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
+        missing = [k for k in missing if not k.startswith("encoder.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{folder / HEADS_FILE}: missing weights {missing}, unexpected {unexpected}"
+            )
+        options.setdefault("threshold", config["threshold"])
+        return cls(
+            net,
+            tokenizer,
+            aspects,
+            polarities,
+            max_length=config["max_length"],
+            preprocess=config["preprocess"],
+            hparams=config["training"],
+            **options,
+        )
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """A self-contained folder that `from_pretrained` loads without this package's training
+        code: the encoder and tokenizer (Hugging Face form), the heads (safetensors), a JSON."""
+        folder = Path(folder)
+        with quiet_transformers():
+            self.net.encoder.save_pretrained(folder / ENCODER_DIR)
+        self.tokenizer.save_pretrained(folder / ENCODER_DIR)
+        heads = {
+            name: weight.detach().cpu().contiguous()
+            for name, weight in self.net.state_dict().items()
+            if not name.startswith("encoder.")
+        }
+        save_file(heads, folder / HEADS_FILE)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "aspects": self.aspects,
+            "polarities": self.polarities,
+            "max_length": self.max_length,
+            "preprocess": self.preprocess_config,
+            "threshold": self.threshold,
+            "head": self.hparams["head"],
+            "training": self.hparams,
+        }
+        (folder / CONFIG_FILE).write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        return folder
+
+    def encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Token ids and mask, prepared, cut to `max_length` and padded to the longest comment as
+        the training batches are; and (N,) whether each comment was cut."""
+        if self._preprocess is not None:
+            texts = [self._preprocess(t) for t in texts]
+        batch = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding="longest",
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        # Only a comment that fills max_length can have been cut: tokenize those again, uncut.
+        full = (batch["attention_mask"].sum(dim=1) == self.max_length).nonzero().flatten()
+        truncated = torch.zeros(len(texts), dtype=torch.bool)
+        if len(full):
+            uncut = [texts[i] for i in full.tolist()]
+            lengths = self.tokenizer(uncut, return_length=True, verbose=False)  # no length warning
+            truncated[full] = torch.tensor(lengths["length"]) > self.max_length
+        return batch, truncated
+
+    @torch.inference_mode()
+    def predict_proba(
+        self, texts: Sequence[str], progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, A, C) softmax over {absent, polarities…} per comment and aspect, on the CPU, and
+        (N,) whether each comment was cut to `max_length`.
+
+        A blank comment mentions nothing: it is not run, and gets P(absent) = 1.
+        """
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"comment {i} is a {type(text).__name__}, not a str")
+        probs = torch.zeros(len(texts), len(self.aspects), 1 + len(self.polarities))
+        probs[..., 0] = 1.0
+        truncated = torch.zeros(len(texts), dtype=torch.bool)
+        batches = list(self._batches(texts))
+        if progress:
+            batches = track(batches, description="Predicting", console=Console(stderr=True))
+        for index in batches:
+            batch, cut = self.encode([texts[i] for i in index])
+            truncated[index] = cut
+            logits = self.net(
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            ).logits
+            probs[index] = logits.float().softmax(dim=-1).cpu()
+        return probs, truncated
+
+    def predict(self, texts: Sequence[str], progress: bool = False) -> list[CommentPrediction]:
+        """Per comment, the aspects it mentions, each with its polarity and probabilities."""
+        probs, truncated = self.predict_proba(texts, progress)
+        classes = decode(probs, self.thresholds)  # (N, A), 0 = absent
+        mentioned_p = 1.0 - probs[..., 0]  # (N, A)
+        chosen_p = probs.gather(-1, classes.unsqueeze(-1)).squeeze(-1)  # (N, A)
+        polarity_p = chosen_p / mentioned_p.clamp(min=torch.finfo(probs.dtype).tiny)
+        rows = zip(
+            texts,
+            classes.tolist(),
+            polarity_p.tolist(),
+            mentioned_p.tolist(),
+            truncated.tolist(),
+            strict=True,
+        )
+        return [
+            CommentPrediction(
+                text,
+                [
+                    AspectPrediction(self.aspects[a], self.polarities[c - 1], pol_p[a], men_p[a])
+                    for a, c in enumerate(cls)
+                    if c
+                ],
+                cut,
+            )
+            for text, cls, pol_p, men_p, cut in rows
+        ]
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
+        """Indices of the non-blank comments, `batch_size` at a time, by length: similar lengths
+        share a batch, so little of it is padding."""
+        order = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def aspect_thresholds(threshold: Threshold, aspects: Sequence[str]) -> torch.Tensor:
+    """(A,) detection thresholds; NaN where the aspect keeps argmax decoding."""
+    if threshold is None:
+        return torch.full((len(aspects),), math.nan)
+    if isinstance(threshold, Mapping):
+        unknown = sorted(set(threshold) - set(aspects))
+        if unknown:
+            raise ValueError(f"threshold for unknown aspect(s) {unknown}; the model's: {aspects}")
+        values = [threshold.get(a, math.nan) for a in aspects]
+    else:
+        values = [threshold] * len(aspects)
+    for aspect, value in zip(aspects, values, strict=True):
+        if not isinstance(value, int | float) or not (math.isnan(value) or 0 <= value <= 1):
+            raise ValueError(f"threshold for {aspect} must be a number in [0, 1], got {value!r}")
+    return torch.tensor(values, dtype=torch.float)
+
+
+def decode(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(N, A, C) probabilities -> (N, A) classes, 0 = absent (module docstring: Decoding)."""
+    mentioned_p = 1.0 - probs[..., 0]  # (N, A)
+    by_argmax = probs.argmax(dim=-1) != 0
+    by_threshold = mentioned_p >= thresholds.nan_to_num(nan=0.0)
+    mentioned = torch.where(thresholds.isnan(), by_argmax, by_threshold)  # (N, A)
+    # With argmax decoding a mentioned aspect's class is its most probable polarity too.
+    polarity = probs[..., 1:].argmax(dim=-1) + 1  # (N, A)
+    return torch.where(mentioned, polarity, torch.zeros_like(polarity))
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Transformers' warnings and progress bars off for a moment."""
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def load_predictor(path: str | Path, **options: Any) -> AspectSentimentPredictor:
+    """A checkpoint file (`from_checkpoint`) or an exported folder (`from_pretrained`)."""
+    path = Path(path)
+    if path.is_dir():
+        return AspectSentimentPredictor.from_pretrained(path, **options)
+    if path.is_file():
+        return AspectSentimentPredictor.from_checkpoint(path, **options)
+    raise FileNotFoundError(f"ckpt={path}: no such checkpoint file or exported folder")

@@ -1,0 +1,162 @@
+"""absa-predict on CSV, JSON Lines and text files, and its predictions scored by eval.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from absa_lightning.data import DataError, read_jsonl
+from absa_lightning.evaluate import evaluate
+from absa_lightning.predict import predict
+
+LONG = "Pin trâu, camera hơi mờ, " * 99 + "pin ok"  # far past max_length (128 tokens)
+COMMENTS = ["Pin trâu, camera hơi mờ", "Máy đẹp 😍 giá rẻ", LONG, "Giao hàng nhanh 中文 ok"]
+
+
+def config(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def predict_file(ckpt: str, path: Path, *overrides: str) -> list[dict]:
+    """`absa-predict ckpt=... input=path output=<path>.predictions.jsonl` -> the records."""
+    out = path.with_suffix(".predictions.jsonl")
+    predict(config("predict", f"ckpt={ckpt}", f"input={path}", f"output={out}", *overrides))
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def write_inputs(folder: Path) -> dict[str, Path]:
+    """The same comments as CSV (column `review`), JSON Lines and text, a blank one second."""
+    rows = [COMMENTS[0], "", *COMMENTS[1:]]
+    paths = {kind: folder / f"comments.{kind}" for kind in ("csv", "jsonl", "txt")}
+    with open(paths["csv"], "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "review"])
+        writer.writerows([i, text] for i, text in enumerate(rows))
+    lines = [json.dumps({"text": t, "id": i}, ensure_ascii=False) for i, t in enumerate(rows)]
+    paths["jsonl"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paths["txt"].write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return paths
+
+
+def test_csv_jsonl_and_text_give_the_same_records(tiny_run: dict, tmp_path: Path) -> None:
+    ckpt = tiny_run["best_checkpoint"]
+    paths = write_inputs(tmp_path)
+    by_kind = {
+        "csv": predict_file(ckpt, paths["csv"], "text_column=review"),
+        "jsonl": predict_file(ckpt, paths["jsonl"]),
+        "txt": predict_file(ckpt, paths["txt"]),
+    }
+    records = by_kind["txt"]
+    assert [r["text"] for r in records] == COMMENTS  # the blank line is left out
+    assert [r["line"] for r in records] == [1, 3, 4, 5]  # ... but the lines still point home
+    assert [r["truncated"] for r in records] == [False, False, True, False]
+    assert [r["line"] for r in by_kind["csv"]] == [2, 4, 5, 6]  # after the header
+    strip = [{k: v for k, v in r.items() if k != "line"} for r in records]
+    for kind in ("csv", "jsonl"):
+        assert [{k: v for k, v in r.items() if k != "line"} for r in by_kind[kind]] == strip, kind
+    labels = [label for r in records for label in r["labels"]]
+    assert labels, "the tiny model predicts some aspects"
+    assert set(labels[0]) == {"aspect", "polarity", "polarity_probability", "mentioned_probability"}
+    assert all(0.5 < label["mentioned_probability"] <= 1 for label in labels)  # argmax decoding
+
+
+def test_text_prints_a_table(tiny_run: dict, capsys: pytest.CaptureFixture) -> None:
+    cfg = config("predict", f"ckpt={tiny_run['best_checkpoint']}", 'text="Pin trâu, [b]camera[/b]"')
+    (prediction,) = predict(cfg)
+    shown = capsys.readouterr().out
+    assert "Pin trâu, [b]camera[/b]" in shown  # the comment as typed, not read as markup
+    assert "P(mentioned)" in shown
+    assert all(a.aspect in shown for a in prediction.aspects)
+
+
+def test_predictions_round_trip_through_eval(
+    tiny_run: dict, small_visfd: Path, tmp_path: Path
+) -> None:
+    """Predicting the test split and scoring the file gives the checkpoint's test metrics."""
+    records = predict_file(tiny_run["best_checkpoint"], small_visfd / "Test.csv")
+    predictions = small_visfd / "Test.predictions.jsonl"
+    examples = read_jsonl(predictions, ["Positive", "Negative", "Neutral"])  # training's reader
+    assert len(examples) == len(records)
+
+    cfg = config(
+        "eval", f"predictions={predictions}", f"data.root={small_visfd}", f"output_dir={tmp_path}"
+    )
+    scored = evaluate(cfg)
+    for key, value in scored.items():
+        assert value == pytest.approx(tiny_run["test"][key], abs=1e-6), key
+    assert scored["test/aspect_f1"] > 0  # not a trivial match of two empty predictions
+    written = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert written["predictions"] == str(predictions)
+    assert set(written["per_aspect"]) == set(tiny_run["aspects"])
+
+
+def test_eval_refuses_predictions_of_other_comments(
+    tiny_run: dict, small_visfd: Path, tmp_path: Path
+) -> None:
+    predict_file(tiny_run["best_checkpoint"], small_visfd / "Dev.csv")
+    cfg = config(
+        "eval",
+        f"predictions={small_visfd / 'Dev.predictions.jsonl'}",
+        f"data.root={small_visfd}",
+        f"output_dir={tmp_path}",
+    )
+    with pytest.raises((ValueError, DataError), match="comments, but the test split|not comment"):
+        evaluate(cfg)
+
+    shuffled = tmp_path / "shuffled.jsonl"
+    records = predict_file(tiny_run["best_checkpoint"], small_visfd / "Test.csv")
+    records[0], records[1] = records[1], records[0]
+    shuffled.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    cfg.predictions = str(shuffled)
+    with pytest.raises(DataError, match=r"shuffled.jsonl:1: not comment 1 of the test split"):
+        evaluate(cfg)
+
+    cfg.ckpt_path = tiny_run["best_checkpoint"]
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "overrides", "error", "message"),
+    [
+        ("c.csv", "id,review\n1,ok\n", [], DataError, r"c.csv:1: no column 'comment'"),
+        ("c.txt", b"ok\n\xff\xfe oops\n", [], DataError, r"c.txt:2: not UTF-8 text"),
+        ("c.jsonl", '{"text": "ok"}\n{"body": "ok"}\n', [], DataError, r"c.jsonl:2: no string"),
+        ("c.jsonl", '{"text": "ok"}\n{"text": \n', [], DataError, r"c.jsonl:2: not JSON"),
+        ("c.xlsx", "ok\n", [], ValueError, r"unknown suffix '.xlsx'"),
+        ("c.txt", "ok\n", ['text="ok"'], ValueError, "either text="),
+        ("c.txt", "ok\n", ["threshold={NOPE: 0.5}"], ValueError, "unknown aspect"),
+        ("c.txt", "ok\n", ["ckpt=nope.ckpt"], FileNotFoundError, "ckpt=.*no such checkpoint"),
+    ],
+)
+def test_bad_input_is_a_clear_error(
+    tiny_run: dict, tmp_path: Path, name: str, content, overrides, error, message: str
+) -> None:
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(error, match=message):
+        predict_file(tiny_run["best_checkpoint"], path, *overrides)
+
+
+@pytest.mark.slow
+def test_command_line_writes_only_its_output(tiny_run: dict, tmp_path: Path) -> None:
+    """As a user types it: no outputs/ folder, no .hydra/, no log file."""
+    (tmp_path / "comments.txt").write_text("Pin trâu\n\nCamera mờ\n", encoding="utf-8")
+    command = [sys.executable, "-m", "absa_lightning.predict"]
+    args = [f"ckpt={tiny_run['best_checkpoint']}", "input=comments.txt", "output=preds.jsonl"]
+    result = subprocess.run(
+        [*command, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comments.txt", "preds.jsonl"]
+    assert len((tmp_path / "preds.jsonl").read_text().splitlines()) == 2
+    assert "left out 1 blank comment(s), line(s) 2" in result.stderr
