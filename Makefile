@@ -10,10 +10,13 @@ ifneq ($(ABSA_DATA_DIR),)
 export ABSA_DATA_DIR
 endif
 
-.PHONY: help install train test test-fast lint format clean
+# apt-get needs root: sudo when not root already.
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help install install-browser train test test-fast bench-predict lint format clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,6 +24,9 @@ $(PY):
 install: $(PY) ## Virtual env in .venv: torch (CPU build here), then the package with dev extras
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev]'
+
+install-browser: ## Chromium (Debian/Ubuntu package), for the web demo's headless-browser test
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 train: ## Train the default recipe on UIT-ViSFD (args: make train ARGS="loss.contrastive_weight=0.3")
 	$(PY) train.py $(ARGS)
@@ -30,6 +36,10 @@ test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
 
 test-fast: ## The tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
+	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))
+	$(PY) benchmarks/predict_throughput.py --ckpt "$(CKPT)" --comments "$(or $(ABSA_DATA_DIR),data/uit-visfd)/Test.csv"
 
 lint: ## ruff: lint and format check
 	$(VENV)/bin/ruff check .

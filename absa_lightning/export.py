@@ -45,10 +45,7 @@ def export_onnx(
     tolerance: float = 1e-4,
     opset: int = 18,
 ) -> float:
-    """Write the ONNX graph and return the largest difference between ONNX Runtime's and
-    PyTorch's probabilities on `check_texts`; over `tolerance` it raises instead."""
-    import onnxruntime
-
+    """Write the ONNX graph and check it with `check_onnx`: returns the largest difference."""
     if len(check_texts) < 2:
         raise ValueError("onnx.check_texts: give at least two comments of different lengths")
     model = Probabilities(predictor.net).cpu().eval()
@@ -71,9 +68,22 @@ def export_onnx(
         external_data=False,
         verbose=False,
     )
+    return check_onnx(predictor, path, check_texts, tolerance)
+
+
+def check_onnx(
+    predictor: AspectSentimentPredictor,
+    path: str | Path,
+    check_texts: Sequence[str],
+    tolerance: float = 1e-4,
+) -> float:
+    """The largest difference between ONNX Runtime's probabilities and PyTorch's on the texts and
+    on a comment cut to `max_length`; over `tolerance` it raises."""
+    import onnxruntime
 
     longest = " ".join(check_texts) * predictor.max_length  # cut to max_length tokens
     check, _ = predictor.encode([*check_texts, longest])
+    model = Probabilities(predictor.net).cpu().eval()
     with torch.inference_mode():
         expected = model(check["input_ids"], check["attention_mask"])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -109,7 +109,7 @@ def test_eval_refuses_predictions_of_other_comments(
         f"data.root={small_visfd}",
         f"output_dir={tmp_path}",
     )
-    with pytest.raises((ValueError, DataError), match="comments, but the test split|not comment"):
+    with pytest.raises((ValueError, DataError), match=r"comments, but the test split|not comment"):
         evaluate(cfg)
 
     shuffled = tmp_path / "shuffled.jsonl"
