@@ -86,6 +86,8 @@ class AspectSentimentPredictor:
 
     Comments are cut to `max_length` tokens (the training data's; `truncated` says when) and run
     `batch_size` at a time, shortest first, on `device` (None: CUDA when there is one).
+    `hparams`, the training hyper-parameters, are kept for the record: `save_pretrained` writes
+    them.
     """
 
     def __init__(
@@ -196,7 +198,11 @@ class AspectSentimentPredictor:
             "max_length": self.max_length,
             "preprocess": self.preprocess_config,
             "threshold": self.threshold,
-            "head": self.hparams["head"],
+            "head": {  # what AspectSentimentNet needs besides the encoder, read off the net
+                "projection_dim": self.net.projection[-1].out_features,
+                "attention_heads": self.net.attention.num_heads,
+                "dropout": self.net.dropout.p,
+            },
             "training": self.hparams,
         }
         (folder / CONFIG_FILE).write_text(
