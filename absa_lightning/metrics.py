@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["AspectSentimentScores"]
+__all__ = ["AspectSentimentScores", "embedding_space_scores"]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -136,3 +137,61 @@ class AspectSentimentScores(MulticlassConfusionMatrix):
             "pair_f1": _f1(n["pair_tp"], n["pred"], n["gold"]),
             "support": n["gold"].long(),
         }
+
+
+def embedding_space_scores(embeddings: Tensor, aspects: Tensor, polarities: Tensor) -> dict:
+    """How well (aspect, polarity) groups separate: one embedding per mentioned cell.
+
+    ``embeddings`` (N, D), ``aspects`` and ``polarities`` (N,) integer ids; the embeddings are
+    L2-normalised here, so every score is about directions (cosine geometry):
+
+    - ``silhouette``: mean silhouette over the (aspect, polarity) groups with cosine distance
+      ``1 - cos`` (as scikit-learn's ``metric="cosine"``), in [-1, 1]; a cell alone in its
+      group scores 0; NaN with fewer than two groups.
+    - ``cos_within``: mean cosine similarity of two cells of the same group.
+    - ``cos_across_polarity``: mean cosine similarity of two cells of the same aspect with
+      different polarities. ``cos_within`` well above it means polarities are separated.
+    - ``alignment``: mean squared distance ``||z_i - z_j||^2`` of same-group pairs (Wang &
+      Isola, 2020, alpha = 2); lower is tighter.
+    - ``uniformity``: ``log mean exp(-2 ||z_i - z_j||^2)`` over all pairs (t = 2); lower is
+      more evenly spread on the sphere.
+
+    Pairs are distinct cells (i != j). Memory is O(N^2): subsample very large sets.
+    """
+    n = embeddings.shape[0]
+    z = F.normalize(embeddings.double(), dim=-1)
+    cos = z @ z.T  # (N, N)
+    sq_dist = (2 - 2 * cos).clamp(min=0)
+    not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    same_aspect = aspects.unsqueeze(0) == aspects.unsqueeze(1)
+    same_polarity = polarities.unsqueeze(0) == polarities.unsqueeze(1)
+    same_group = same_aspect & same_polarity & not_self
+    across = same_aspect & ~same_polarity
+
+    _, group = torch.unique(aspects * (int(polarities.max()) + 1) + polarities, return_inverse=True)
+    members = F.one_hot(group).double()  # (N, G)
+    size = members.sum(dim=0)  # (G,)
+    distance = (1 - cos).clamp(min=0).masked_fill(~not_self, 0.0)
+    mean_to = distance @ members  # (N, G): summed distance to each group
+    own_size = size[group]
+    within = mean_to.gather(1, group.unsqueeze(1)).squeeze(1) / (own_size - 1).clamp(min=1)
+    to_other = (mean_to / size).scatter(1, group.unsqueeze(1), float("inf"))
+    nearest = to_other.min(dim=1).values
+    silhouette = torch.where(
+        own_size > 1,
+        (nearest - within) / torch.maximum(within, nearest).clamp(min=1e-12),
+        torch.zeros_like(within),
+    )
+
+    def mean(values: Tensor, mask: Tensor) -> float:
+        return float(values[mask].mean()) if mask.any() else float("nan")
+
+    return {
+        "silhouette": float(silhouette.mean()) if len(size) > 1 else float("nan"),
+        "cos_within": mean(cos, same_group),
+        "cos_across_polarity": mean(cos, across),
+        "alignment": mean(sq_dist, same_group),
+        "uniformity": float(torch.log(torch.exp(-2 * sq_dist)[not_self].mean()))
+        if n > 1
+        else float("nan"),
+    }

@@ -14,6 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 
+STATIC_BALANCER = "absa_lightning.balancers.StaticWeights"
+
 
 def check_loss_weights(focal_weight: float, contrastive_weight: float) -> None:
     """Refuse weights that make no sense before any work starts."""
@@ -29,8 +31,25 @@ def check_loss_weights(focal_weight: float, contrastive_weight: float) -> None:
         )
 
 
+def build_balancer(loss: dict[str, Any]) -> torch.nn.Module:
+    """`loss.balancers[loss.balancer]` with the configured weights (static for old configs)."""
+    name = loss.get("balancer", "static")
+    balancers = loss.get("balancers", {"static": {"_target_": STATIC_BALANCER}})
+    if name not in balancers:
+        raise ValueError(f"loss.balancer={name!r}: expected one of {sorted(balancers)}")
+    return instantiate(
+        balancers[name],
+        focal_weight=loss["focal_weight"],
+        contrastive_weight=loss["contrastive_weight"],
+    )
+
+
 class AspectSentimentModule(L.LightningModule):
     """loss = focal_weight * focal + contrastive_weight * contrastive, both logged as curves.
+
+    The weights are the configured ones (`loss.balancer=static`) or set by a balancer between
+    epochs or by gradient descent (`rule`, `dwa`, `uncertainty`; see `absa_lightning.balancers`);
+    the weights in effect are logged as `train/{focal,contrastive}_weight_eff` every epoch.
 
     Everything but the encoder and tokenizer is plain data in `hparams`; the checkpoint adds the
     encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
@@ -60,6 +79,7 @@ class AspectSentimentModule(L.LightningModule):
         self.net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
         self.focal = instantiate(loss["focal"])
         self.contrastive = instantiate(loss["contrastive"])
+        self.balancer = build_balancer(loss)
         self.val_scores = AspectSentimentScores(len(aspects), len(polarities))
         self.test_scores = AspectSentimentScores(len(aspects), len(polarities))
         self.val_pair_f1_best = MaxMetric()
@@ -71,7 +91,11 @@ class AspectSentimentModule(L.LightningModule):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
         module = cls(encoder, tokenizer, **checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
+        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+        # The balancer's state only matters to training; checkpoints from before it lack it.
+        mismatched = [k for k in missing + unexpected if not k.startswith("balancer.")]
+        if mismatched:
+            raise RuntimeError(f"{path}: checkpoint does not fit the model: {mismatched[:5]}")
         return module
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -84,8 +108,7 @@ class AspectSentimentModule(L.LightningModule):
         out = self.net(batch["input_ids"], batch["attention_mask"])
         focal = self.focal(out.logits, batch["labels"])
         contrastive = self.contrastive(out.projections, batch["labels"])
-        weights = self.hparams.loss
-        total = weights["focal_weight"] * focal + weights["contrastive_weight"] * contrastive
+        total = self.balancer(focal, contrastive)
         return out, {"focal_loss": focal, "contrastive_loss": contrastive, "loss": total}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -95,8 +118,24 @@ class AspectSentimentModule(L.LightningModule):
             on_step=True,
             on_epoch=True,
             batch_size=len(batch["labels"]),
+            sync_dist=True,  # the epoch means drive the balancer: the same on every rank
         )
         return losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        focal_weight, contrastive_weight = self.balancer.effective_weights()
+        self.log("train/focal_weight_eff", focal_weight)
+        self.log("train/contrastive_weight_eff", contrastive_weight)
+        metrics = self.trainer.callback_metrics
+        if "train/focal_loss_epoch" not in metrics:  # no training batch ran (resumed at epoch end)
+            return
+        val_pair_f1 = metrics.get("val/pair_f1")
+        self.balancer.end_epoch(
+            self.current_epoch,
+            float(metrics["train/focal_loss_epoch"]),
+            float(metrics["train/contrastive_loss_epoch"]),
+            None if val_pair_f1 is None else float(val_pair_f1),
+        )
 
     def on_train_start(self) -> None:
         self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
@@ -128,6 +167,8 @@ class AspectSentimentModule(L.LightningModule):
             {"params": self.net.encoder_parameters(), "lr": self.hparams.encoder_lr},
             {"params": self.net.head_parameters()},  # the optimizer's own lr
         ]
+        if balancer_parameters := list(self.balancer.parameters()):
+            groups.append({"params": balancer_parameters, "weight_decay": 0.0})
         optimizer = instantiate(self.hparams.optimizer)(groups)
         if not self.hparams.scheduler:
             return optimizer

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from absa_lightning import report
+from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.module import AspectSentimentModule, check_loss_weights
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,18 @@ def focal_alpha(alpha, class_counts: torch.Tensor) -> list[float] | None:
 def instantiate_all(group: DictConfig | None) -> list:
     """A config group of named objects (callbacks, loggers) -> the objects; `null` entries drop."""
     return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def callback_reports(trainer: L.Trainer) -> dict:
+    """What the reading callbacks found: the last regime, the embedding scores by epoch."""
+    reports = {}
+    for callback in trainer.callbacks:
+        if isinstance(callback, LossDynamics):
+            reports["diagnosis"] = callback.diagnosis()
+        if isinstance(callback, EmbeddingSpace):
+            scores = callback.scores.items()
+            reports["embedding_space"] = {f"after_{e}_epochs": s for e, s in scores}
+    return reports
 
 
 def train(cfg: DictConfig) -> dict:
@@ -68,6 +81,9 @@ def train(cfg: DictConfig) -> dict:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     losses = report.final_losses(trainer.callback_metrics)
+    # Before validate/test load the best checkpoint, with its older balancer and callback state.
+    focal_weight, contrastive_weight = model.balancer.effective_weights()
+    readings = callback_reports(trainer)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt_path = best or None  # fast_dev_run saves no checkpoint: use the weights in memory
@@ -82,6 +98,11 @@ def train(cfg: DictConfig) -> dict:
         "test": test,
         "best_val": best_val,
         "final_losses": losses,
+        "effective_weights": {
+            "focal_weight": focal_weight,
+            "contrastive_weight": contrastive_weight,
+        },
+        **readings,
         "per_aspect": per_aspect,
         "best_checkpoint": best,
         "aspects": datamodule.aspects,

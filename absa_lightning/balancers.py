@@ -1,0 +1,188 @@
+"""How the focal and contrastive losses are weighted into one objective (`loss.balancer`).
+
+Plain `torch.nn.Module`s: `balancer(focal, contrastive)` is the objective to minimise,
+`effective_weights()` the weights it applies now, and `end_epoch(epoch, focal, contrastive,
+val_pair_f1)` gives it the epoch means of the unweighted losses between epochs. Everything a
+balancer learns or decides is in its `state_dict`, so a resumed run carries on with the same
+weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from absa_lightning import diagnostics
+
+log = logging.getLogger(__name__)
+
+
+class StaticWeights(nn.Module):
+    """`focal_weight * focal + contrastive_weight * contrastive`, the configured weights."""
+
+    weights: torch.Tensor
+
+    def __init__(self, focal_weight: float, contrastive_weight: float):
+        super().__init__()
+        self.register_buffer("weights", torch.tensor([focal_weight, contrastive_weight]))
+        self.history: dict[int, tuple[float, float, float | None]] = {}
+
+    def forward(self, focal: torch.Tensor, contrastive: torch.Tensor) -> torch.Tensor:
+        return self.weights[0] * focal + self.weights[1] * contrastive
+
+    def effective_weights(self) -> tuple[float, float]:
+        focal_weight, contrastive_weight = (round(w, 6) for w in self.weights.tolist())
+        return focal_weight, contrastive_weight
+
+    def end_epoch(
+        self, epoch: int, focal: float, contrastive: float, val_pair_f1: float | None = None
+    ) -> None:
+        """Record the epoch means; an epoch seen before (a resumed run re-running it) is a no-op."""
+        if epoch in self.history:
+            return
+        self.history[epoch] = (focal, contrastive, val_pair_f1)
+        self.update_weights(epoch)
+
+    def update_weights(self, epoch: int) -> None:
+        """Between epochs: set `weights` for the next one from `history`."""
+
+    def columns(self) -> tuple[list[float], list[float], list[float]]:
+        """The recorded focal, contrastive and val pair F1 epoch means, oldest first."""
+        rows = [self.history[e] for e in sorted(self.history)]
+        return (
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows if r[2] is not None],
+        )
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"history": {e: list(row) for e, row in self.history.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.history = {int(e): tuple(row) for e, row in state["history"].items()}
+
+
+class RuleBalancer(StaticWeights):
+    """Applies the loss-dynamics table between epochs (see `absa_lightning.diagnostics`).
+
+    When the last `window` epochs read "focal falls, contrastive flat", `step` of weight moves
+    from focal to contrastive; "contrastive falls, focal flat" moves it back. Each weight stays
+    within [min_weight, max_weight], the sum stays as configured, and after a change the rule
+    waits `window` epochs, so that it judges curves made with the new weights.
+    """
+
+    def __init__(
+        self,
+        focal_weight: float,
+        contrastive_weight: float,
+        step: float = 0.1,
+        min_weight: float = 0.05,
+        max_weight: float = 0.95,
+        thresholds: dict[str, Any] | None = None,
+    ):
+        super().__init__(focal_weight, contrastive_weight)
+        if not (step > 0 and 0 <= min_weight <= max_weight):
+            raise ValueError(
+                f"loss.balancers.rule: need step > 0 and 0 <= min_weight <= max_weight, got "
+                f"step={step}, min_weight={min_weight}, max_weight={max_weight}"
+            )
+        for name, weight in (
+            ("focal_weight", focal_weight),
+            ("contrastive_weight", contrastive_weight),
+        ):
+            if not min_weight <= weight <= max_weight:
+                raise ValueError(
+                    f"loss.{name}={weight} is outside loss.balancers.rule's bounds "
+                    f"[min_weight={min_weight}, max_weight={max_weight}]"
+                )
+        self.step, self.min_weight, self.max_weight = step, min_weight, max_weight
+        self.thresholds = diagnostics.Thresholds(**(thresholds or {}))
+        self.last_change = -1
+
+    def update_weights(self, epoch: int) -> None:
+        if len(self.history) - 1 - self.last_change < self.thresholds.window:
+            return
+        focal, contrastive, f1 = self.columns()
+        regime = diagnostics.classify(focal, contrastive, f1, self.thresholds)
+        proposed = diagnostics.suggested_weights(
+            regime, *self.effective_weights(), self.step, self.min_weight, self.max_weight
+        )
+        if proposed is None:
+            return
+        new = torch.tensor(proposed)
+        log.info(
+            "loss.balancer=rule after epoch %d (%s): focal_weight %.3f -> %.3f, "
+            "contrastive_weight %.3f -> %.3f",
+            epoch,
+            regime,
+            self.weights[0],
+            new[0],
+            self.weights[1],
+            new[1],
+        )
+        self.weights.copy_(new)
+        self.last_change = len(self.history) - 1
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "last_change": self.last_change}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.last_change = int(state["last_change"])
+
+
+class UncertaintyWeights(StaticWeights):
+    """Learned homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, 2018).
+
+    objective = sum_k exp(-s_k) * L_k + s_k / 2, with s_k = log sigma_k^2 learned with the
+    model; the effective weight of loss k is exp(-s_k). The s_k start at -log(configured
+    weight), so training starts from the configured weights. At a fixed L_k the optimum is
+    exp(-s_k) = 1 / (2 L_k): the weights drift towards the inverse of each loss's level.
+    """
+
+    def __init__(self, focal_weight: float, contrastive_weight: float):
+        super().__init__(focal_weight, contrastive_weight)
+        if focal_weight <= 0 or contrastive_weight <= 0:
+            raise ValueError(
+                "loss.balancer=uncertainty learns log-variances from the configured weights, "
+                f"which must both be > 0: got {focal_weight} and {contrastive_weight}"
+            )
+        self.log_variances = nn.Parameter(-torch.log(self.weights.clone()))
+
+    def forward(self, focal: torch.Tensor, contrastive: torch.Tensor) -> torch.Tensor:
+        losses = torch.stack([focal, contrastive])
+        return (torch.exp(-self.log_variances) * losses + 0.5 * self.log_variances).sum()
+
+    def effective_weights(self) -> tuple[float, float]:
+        weights = torch.exp(-self.log_variances.detach()).tolist()
+        focal_weight, contrastive_weight = (round(w, 6) for w in weights)
+        return focal_weight, contrastive_weight
+
+
+class DynamicWeightAverage(StaticWeights):
+    """Dynamic weight averaging (Liu, Johns & Davison, 2019), around the configured weights.
+
+    With r_k = L_k(t-1) / L_k(t-2), the descent rate of loss k over the last two epochs,
+    weight_k(t) = configured_k * K * softmax(r / temperature)_k: a loss that stopped falling
+    (r near 1) gains weight over one that still falls fast. Equal rates give the configured
+    weights; the first two epochs use them.
+    """
+
+    def __init__(self, focal_weight: float, contrastive_weight: float, temperature: float = 2.0):
+        super().__init__(focal_weight, contrastive_weight)
+        if not temperature > 0:
+            raise ValueError(f"loss.balancers.dwa.temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.register_buffer("configured", self.weights.clone())
+
+    def update_weights(self, epoch: int) -> None:
+        if len(self.history) < 2:
+            return
+        focal, contrastive, _ = self.columns()
+        previous = torch.tensor([focal[-2], contrastive[-2]]).clamp(min=1e-12)
+        rates = torch.tensor([focal[-1], contrastive[-1]]) / previous
+        share = torch.softmax(rates / self.temperature, dim=0) * len(rates)
+        self.weights.copy_(self.configured * share)

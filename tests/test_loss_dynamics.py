@@ -1,0 +1,265 @@
+"""The reading of a run: loss dynamics, embedding space and balancers, end to end and alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUIET, REPO, TINY, compose_train
+from rich.console import Console
+
+from absa_lightning import diagnostics as dx
+from absa_lightning.balancers import RuleBalancer
+from absa_lightning.callbacks import DYNAMICS_COLUMNS, LossDynamics
+from absa_lightning.metrics import embedding_space_scores
+from absa_lightning.module import AspectSentimentModule
+from absa_lightning.train import train
+
+EPOCHS = 4
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rule_run(small_visfd: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python train.py loss.balancer=rule`, 4 epochs of the tiny model; (folder, stdout)."""
+    run_dir = tmp_path_factory.mktemp("rule_run")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            f"trainer.max_epochs={EPOCHS}",
+            "~callbacks.early_stopping",
+            "loss.balancer=rule",
+            "diagnostics.window=2",  # so that the rule can act within 4 epochs
+            "callbacks.embedding_space.every_n_epochs=2",
+            "trainer.log_every_n_steps=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir, result.stdout
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_holds_the_dynamics_and_the_pictures(rule_run):
+    run_dir, _ = rule_run
+    rows = read_csv(run_dir / "loss_dynamics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    assert tuple(rows[0]) == DYNAMICS_COLUMNS
+    for name in ("loss_dynamics", "embeddings_00", "embeddings_02", "embeddings_04"):
+        assert (run_dir / f"{name}.png").read_bytes()[:8] == PNG, name
+
+
+def test_dynamics_are_the_logged_epoch_means_and_the_classifier_regimes(rule_run):
+    run_dir, _ = rule_run
+    rows = read_csv(run_dir / "loss_dynamics.csv")
+    logged = {
+        int(r["epoch"]): r for r in read_csv(run_dir / "metrics.csv") if r["train/loss_epoch"]
+    }
+    thresholds = dx.Thresholds(window=2)
+    for i, row in enumerate(rows):
+        epoch = logged[int(row["epoch"])]
+        assert float(row["focal"]) == pytest.approx(float(epoch["train/focal_loss_epoch"]))
+        assert float(row["contrastive"]) == pytest.approx(
+            float(epoch["train/contrastive_loss_epoch"])
+        )
+        assert float(row["focal_weight"]) == pytest.approx(float(epoch["train/focal_weight_eff"]))
+        history = rows[: i + 1]
+        expected = dx.classify(
+            [float(r["focal"]) for r in history],
+            [float(r["contrastive"]) for r in history],
+            [float(r["val_pair_f1"]) for r in history],
+            thresholds,
+        )
+        assert row["regime"] == expected
+        weights = (float(row["focal_weight"]), float(row["contrastive_weight"]))
+        suggestion = dx.suggested_weights(expected, *weights)
+        assert row["override"] == dx.override_line(suggestion)
+
+
+def test_rule_balancer_applied_the_table_between_epochs(rule_run):
+    """Replaying the rule on the recorded curves gives the weights the run trained with."""
+    run_dir, _ = rule_run
+    rows = read_csv(run_dir / "loss_dynamics.csv")
+    replay = RuleBalancer(0.8, 0.2, thresholds={"window": 2})
+    for row in rows:
+        used = (float(row["focal_weight"]), float(row["contrastive_weight"]))
+        assert used == pytest.approx(replay.effective_weights())
+        replay.end_epoch(
+            int(row["epoch"]),
+            float(row["focal"]),
+            float(row["contrastive"]),
+            float(row["val_pair_f1"]),
+        )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    final = metrics["effective_weights"]
+    assert (final["focal_weight"], final["contrastive_weight"]) == pytest.approx(
+        replay.effective_weights()
+    )
+    assert metrics["diagnosis"]["regime"] == rows[-1]["regime"]
+    assert metrics["diagnosis"]["advice"] == dx.ADVICE[rows[-1]["regime"]]
+
+
+def test_embedding_scores_logged_at_start_every_n_epochs_and_end(rule_run):
+    run_dir, _ = rule_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    measured = metrics["embedding_space"]
+    assert set(measured) == {"after_0_epochs", "after_2_epochs", "after_4_epochs"}
+    for scores in measured.values():
+        assert -1 <= scores["silhouette"] <= 1
+        assert scores["uniformity"] <= 0
+        assert scores["time_s"] > 0
+    logged = [r for r in read_csv(run_dir / "metrics.csv") if r["val/emb_silhouette"]]
+    assert [float(r["val/emb_silhouette"]) for r in logged] == pytest.approx(
+        [measured[k]["silhouette"] for k in ("after_0_epochs", "after_2_epochs", "after_4_epochs")]
+    )
+
+
+def test_console_table_at_the_end_of_training(rule_run):
+    run_dir, stdout = rule_run
+    header = next(line for line in stdout.splitlines() if "focal" in line and "status" in line)
+    assert [w for w in ("epoch", "focal", "contr", "pair F1", "status") if w not in header] == []
+    last = read_csv(run_dir / "loss_dynamics.csv")[-1]
+    assert last["regime"].replace("_", " ") in stdout
+
+
+def test_checkpoints_from_before_the_balancer_still_load(rule_run, tmp_path):
+    run_dir, _ = rule_run
+    checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    for key in [k for k in checkpoint["state_dict"] if k.startswith("balancer.")]:
+        del checkpoint["state_dict"][key]
+    for key in ("balancer", "balancers"):
+        del checkpoint["hyper_parameters"]["loss"][key]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    model = AspectSentimentModule.from_checkpoint(tmp_path / "old.ckpt")
+    assert model.balancer.effective_weights() == (0.8, 0.2)
+
+
+def test_uncertainty_weights_are_trained(small_visfd: Path, tmp_path: Path):
+    cfg = compose_train(
+        [
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            "trainer.max_epochs=1",
+            "loss.balancer=uncertainty",
+            "~callbacks.embedding_space",
+        ],
+        tmp_path,
+    )
+    weights = train(cfg)["effective_weights"]
+    assert weights["focal_weight"] != pytest.approx(0.8, abs=1e-4)
+    assert weights["contrastive_weight"] != pytest.approx(0.2, abs=1e-4)
+
+
+def test_unknown_balancer_names_the_choices(small_visfd: Path, tmp_path: Path):
+    cfg = compose_train([*TINY, f"data.root={small_visfd}", "loss.balancer=magic"], tmp_path)
+    with pytest.raises(ValueError, match=r"loss.balancer='magic': expected one of \['dwa', 'rule'"):
+        train(cfg)
+
+
+def test_loss_dynamics_state_comes_back_from_a_checkpoint():
+    callback = LossDynamics()
+    callback.rows = {
+        e: {
+            "epoch": e,
+            "focal": 0.5 - 0.1 * e,
+            "contrastive": 4.0,
+            "val_pair_f1": 0.3,
+            "regime": dx.WARMING_UP,
+            "override": "",
+        }
+        for e in range(3)
+    }
+    restored = LossDynamics()
+    restored.load_state_dict(callback.state_dict())
+    assert restored.rows == callback.rows
+    console = Console(record=True, width=120)
+    console.print(restored.table())
+    text = console.export_text()
+    assert "warming up" in text and "0.3000" in text
+
+
+def naive_scores(z: torch.Tensor, aspects: list[int], polarities: list[int]) -> dict:
+    """Textbook loops over cells and pairs, in float64."""
+    z = torch.nn.functional.normalize(z.double(), dim=-1)
+    n = len(z)
+    group = [(a, p) for a, p in zip(aspects, polarities, strict=True)]
+    cos = lambda i, j: float(z[i] @ z[j])  # noqa: E731
+    within, across, align, unif = [], [], [], []
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            d2 = float(((z[i] - z[j]) ** 2).sum())
+            unif.append(math.exp(-2 * d2))
+            if group[i] == group[j]:
+                within.append(cos(i, j))
+                align.append(d2)
+            elif aspects[i] == aspects[j]:
+                across.append(cos(i, j))
+    silhouettes = []
+    for i in range(n):
+        same = [1 - cos(i, j) for j in range(n) if j != i and group[j] == group[i]]
+        if not same:
+            silhouettes.append(0.0)
+            continue
+        a = sum(same) / len(same)
+        b = min(
+            sum(1 - cos(i, j) for j in range(n) if group[j] == g)
+            / sum(1 for j in range(n) if group[j] == g)
+            for g in set(group) - {group[i]}
+        )
+        silhouettes.append((b - a) / max(a, b))
+    return {
+        "silhouette": sum(silhouettes) / n,
+        "cos_within": sum(within) / len(within),
+        "cos_across_polarity": sum(across) / len(across),
+        "alignment": sum(align) / len(align),
+        "uniformity": math.log(sum(unif) / len(unif)),
+    }
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_embedding_scores_match_loops(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 40
+    aspects = torch.randint(0, 3, (n,), generator=g)
+    polarities = torch.randint(1, 4, (n,), generator=g)
+    z = (
+        torch.randn(n, 8, generator=g)
+        + 1.5 * torch.nn.functional.one_hot(aspects * 3 + polarities, 12)[:, :8]
+    )
+    got = embedding_space_scores(z, aspects, polarities)
+    expected = naive_scores(z, aspects.tolist(), polarities.tolist())
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_separated_groups_score_high_and_mixed_ones_near_zero():
+    g = torch.Generator().manual_seed(0)
+    aspects = torch.zeros(300, dtype=torch.long)
+    polarities = torch.arange(300) % 3 + 1
+    centres = torch.eye(16)[:3] * 10
+    clustered = centres[polarities - 1] + 0.3 * torch.randn(300, 16, generator=g)
+    mixed = torch.randn(300, 16, generator=g)
+    good, bad = (embedding_space_scores(z, aspects, polarities) for z in (clustered, mixed))
+    assert good["silhouette"] > 0.9 and abs(bad["silhouette"]) < 0.05
+    assert good["cos_within"] > 0.9 > good["cos_across_polarity"]
+    assert good["alignment"] < bad["alignment"]
