@@ -192,26 +192,11 @@ class EmbeddingSpace(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._measure(trainer, pl_module, epochs_trained=trainer.current_epoch)
 
-    @torch.no_grad()
     def _measure(self, trainer: L.Trainer, pl_module: L.LightningModule, epochs_trained: int):
         if epochs_trained in self.scores or not trainer.is_global_zero:
             return
         started = time.perf_counter()
-        was_training = pl_module.training
-        pl_module.eval()
-        embeddings, labels = [], []
-        for batch in trainer.datamodule.val_dataloader():
-            out = pl_module(
-                batch["input_ids"].to(pl_module.device),
-                batch["attention_mask"].to(pl_module.device),
-            )
-            mentioned = batch["labels"] > 0  # (B, A)
-            aspect_ids = torch.arange(mentioned.shape[1]).expand_as(mentioned)
-            points = getattr(out, self.space).float().cpu()  # (B, A, D)
-            embeddings.append(points[mentioned])
-            labels.append(torch.stack([aspect_ids[mentioned], batch["labels"][mentioned]], dim=1))
-        pl_module.train(was_training)
-        points, cells = torch.cat(embeddings), torch.cat(labels)
+        points, cells = self._embed(trainer, pl_module)
         if len(points) > self.max_cells:
             keep = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
             points, cells = points[keep[: self.max_cells]], cells[keep[: self.max_cells]]
@@ -243,6 +228,33 @@ class EmbeddingSpace(L.Callback):
             scores["time_s"],
             {k: round(v, 4) for k, v in scores.items() if k != "time_s"},
         )
+
+    @torch.no_grad()
+    def _embed(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """(cells, D) embeddings of the mentioned validation cells and their (aspect, polarity).
+
+        Iterating a DataLoader draws from the global random generator: forked, so that measuring
+        leaves training exactly as it would be without this callback.
+        """
+        cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            was_training = pl_module.training
+            pl_module.eval()
+            embeddings, labels = [], []
+            for batch in trainer.datamodule.val_dataloader():
+                out = pl_module(
+                    batch["input_ids"].to(pl_module.device),
+                    batch["attention_mask"].to(pl_module.device),
+                )
+                mentioned = batch["labels"] > 0  # (B, A)
+                aspect_ids = torch.arange(mentioned.shape[1]).expand_as(mentioned)
+                points = getattr(out, self.space).float().cpu()  # (B, A, D)
+                embeddings.append(points[mentioned])
+                labels.append(
+                    torch.stack([aspect_ids[mentioned], batch["labels"][mentioned]], dim=1)
+                )
+            pl_module.train(was_training)
+        return torch.cat(embeddings), torch.cat(labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scores": {e: dict(s) for e, s in self.scores.items()}}

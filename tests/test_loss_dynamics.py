@@ -263,3 +263,13 @@ def test_separated_groups_score_high_and_mixed_ones_near_zero():
     assert good["silhouette"] > 0.9 and abs(bad["silhouette"]) < 0.05
     assert good["cos_within"] > 0.9 > good["cos_across_polarity"]
     assert good["alignment"] < bad["alignment"]
+
+
+def test_measuring_the_embedding_space_leaves_training_unchanged(small_visfd: Path, tmp_path):
+    base = [*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=2"]
+    measured = train(
+        compose_train([*base, "callbacks.embedding_space.every_n_epochs=1"], tmp_path / "a")
+    )
+    plain = train(compose_train([*base, "~callbacks.embedding_space"], tmp_path / "b"))
+    assert measured["test"] == plain["test"]
+    assert measured["final_losses"] == plain["final_losses"]
