@@ -139,7 +139,7 @@ class SupConLoss(nn.Module):
     The embeddings are *not* normalised here: pass L2-normalised vectors so that
     ``s_ij`` is a cosine similarity scaled by ``1 / temperature``.
 
-    Absent cells are masked out of the full ``(B*A, B*A)`` similarity matrix rather than
+    Absent cells are masked out of the ``(B*A, B*A)`` similarity matrix rather than
     gathered with a boolean index, which avoids a device-to-host sync. Masked entries are
     filled with the dtype's most negative finite value rather than ``-inf``: the softmax is
     the same, but rows with no candidate (absent anchors) give ``min - min = 0`` instead
