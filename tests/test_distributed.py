@@ -76,6 +76,7 @@ def _supcon_process(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_supcon_across_two_processes_equals_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     """Value and gradients of `gather=True` under 2 gloo processes vs 1 process, concatenated.
 
@@ -84,9 +85,11 @@ def test_supcon_across_two_processes_equals_one_process_on_the_whole_batch(tmp_p
     after DDP averages over the W processes, the parameter gradients equal the single-process
     ones.
     """
-    # fork: the processes inherit the imported modules (spawn would import Lightning twice more)
+    # Forked from a server that imported this module and ran nothing (forking pytest itself, whose
+    # threads have run, can hang the children): one import of torch and Lightning, not two.
+    mp.get_context("forkserver").set_forkserver_preload([__name__])
     args = (str(tmp_path / "init"), str(tmp_path))
-    mp.start_processes(_supcon_process, args=args, nprocs=WORLD, start_method="fork")
+    mp.start_processes(_supcon_process, args=args, nprocs=WORLD, start_method="forkserver")
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     batches = _batches()

@@ -140,20 +140,26 @@ def test_killed_run_resumes_to_the_uninterrupted_result(small_visfd: Path, tmp_p
         _assert_identical(resumed_state, state, name)
 
 
-def _write_checkpoints_forever(target: Path, written: multiprocessing.SimpleQueue) -> None:
-    io, big = AtomicCheckpointIO(), torch.randn(8_000_000)  # 32 MB a write
+def _write_checkpoints_forever(
+    target: Path, tensor: torch.Tensor, written: multiprocessing.SimpleQueue
+) -> None:
+    io = AtomicCheckpointIO()
     for version in range(1, 10**6):
-        io.save_checkpoint({"version": version, "tensor": big}, target)
+        io.save_checkpoint({"version": version, "tensor": tensor}, target)
         written.put(version)
 
 
 def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path: Path) -> None:
     """A writer killed at moments spread over its writes never leaves a truncated checkpoint."""
     target = tmp_path / "last.ckpt"
-    context = multiprocessing.get_context("fork")  # the child has the modules already imported
+    tensor = torch.randn(8_000_000)  # 32 MB a write
+    # fork: the writer has the modules already imported. It only serialises and writes: no
+    # torch compute, whose thread pool may not survive a fork of a process that used it.
+    context = multiprocessing.get_context("fork")
     for delay in (0.0, 0.03, 0.07, 0.11, 0.17):
         written = context.SimpleQueue()
-        writer = context.Process(target=_write_checkpoints_forever, args=(target, written))
+        args = (target, tensor, written)
+        writer = context.Process(target=_write_checkpoints_forever, args=args)
         writer.start()
         written.get()  # one version written: the next write is under way
         time.sleep(delay)
