@@ -1,5 +1,6 @@
 """Aspect-based sentiment models trained with focal + supervised contrastive loss."""
 
+from absa_lightning import resolvers  # noqa: F401  (registers the resolvers conf/ uses)
 from absa_lightning.data import AspectSentimentDataModule
 from absa_lightning.losses import FocalLoss, SupConLoss
 from absa_lightning.metrics import AspectSentimentScores

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from absa_lightning.collectives import all_gather_rows, all_reduce_sum, is_distributed
+
 __all__ = ["FocalLoss", "SupConLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -137,21 +139,37 @@ class SupConLoss(nn.Module):
     The embeddings are *not* normalised here: pass L2-normalised vectors so that
     ``s_ij`` is a cosine similarity scaled by ``1 / temperature``.
 
-    Absent cells are masked out of the full ``(B*A, B*A)`` similarity matrix rather than
+    Absent cells are masked out of the ``(B*A, B*A)`` similarity matrix rather than
     gathered with a boolean index, which avoids a device-to-host sync. Masked entries are
     filled with the dtype's most negative finite value rather than ``-inf``: the softmax is
     the same, but rows with no candidate (absent anchors) give ``min - min = 0`` instead
     of ``-inf - (-inf) = NaN``, so no intermediate is ever NaN.
 
+    **Across DDP processes** (``gather=True``, in training mode, with a process group of
+    ``W > 1`` processes): each process gathers every process's embeddings and labels, so its
+    anchors (its own cells) meet the positives and negatives of the global batch, and the
+    sums and anchor counts are added over processes. Every process then returns the loss
+    ``L`` of the concatenated batch. Autograd runs back through the collectives, which sum
+    over processes, so each process's embeddings receive ``W * dL/dz``; DDP's average of the
+    parameter gradients over the ``W`` processes divides that back to exactly the
+    single-process gradient ``dL/dtheta``. Each process computes ``(B*A, W*B*A)``
+    similarities, not ``(W*B*A)**2``. Processes may hold different batch sizes: blocks are
+    padded with absent cells. In eval mode (validation, test) the loss stays per process, so
+    evaluation can shard the data without padding it, and a validation loss means the same
+    batch size (``data.eval_batch_size``) whatever the number of processes. In one process
+    ``gather`` changes nothing.
+
     Args:
         temperature: softmax temperature ``T > 0``.
+        gather: in training, compute the loss over the batches of all DDP processes.
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: float = 0.1, gather: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"SupConLoss: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
+        self.gather = bool(gather)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss for ``embeddings`` (B, A, D) and ``labels`` (B, A).
@@ -172,35 +190,44 @@ class SupConLoss(nn.Module):
             raise ValueError(f"SupConLoss: labels must be integer classes, got {labels.dtype}")
 
         batch, aspects, dim = embeddings.shape
-        cells = batch * aspects
-        if cells == 0:
+        anchors = embeddings.reshape(batch * aspects, dim)  # (n, D), cell i = comment i // A
+        anchor_labels = labels.reshape(batch * aspects)  # (n,)
+        across_processes = self.gather and self.training and is_distributed()
+        if across_processes:
+            (cells, cell_labels), offset = all_gather_rows(anchors, anchor_labels)  # (N, D), (N,)
+        else:
+            cells, cell_labels, offset = anchors, anchor_labels, 0
+        if cells.shape[0] == 0:  # the same on every process: N counts them all
             return embeddings.sum() * 0.0
         device = embeddings.device
-        features = embeddings.reshape(cells, dim)  # (N, D), cell n = comment n // A, aspect n % A
-        flat_labels = labels.reshape(cells)  # (N,)
-        aspect_ids = torch.arange(aspects, device=device).repeat(batch)  # (N,)
-        mentioned = flat_labels > 0  # (N,)
-        not_self = ~torch.eye(cells, dtype=torch.bool, device=device)  # (N, N)
+        # Every block of cells is a whole number of comments, so cell m is aspect m % A.
+        cell_ids = torch.arange(cells.shape[0], device=device)  # (N,)
+        anchor_ids = torch.arange(anchors.shape[0], device=device)  # (n,)
+        same_aspect = (anchor_ids % aspects).unsqueeze(1) == (cell_ids % aspects).unsqueeze(0)
+        not_self = (anchor_ids + offset).unsqueeze(1) != cell_ids.unsqueeze(0)  # (n, N)
 
         # Candidates j of the denominator: mentioned and not the anchor itself.
-        candidates = mentioned.unsqueeze(0) & not_self  # (N, N)
+        candidates = (cell_labels > 0).unsqueeze(0) & not_self  # (n, N)
         positives = (
-            (aspect_ids.unsqueeze(0) == aspect_ids.unsqueeze(1))
-            & (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1))
-            & mentioned.unsqueeze(1)
+            same_aspect
+            & (anchor_labels.unsqueeze(1) == cell_labels.unsqueeze(0))
+            & (anchor_labels > 0).unsqueeze(1)
             & not_self
-        )  # (N, N); same label > 0 implies the candidate is mentioned too
+        )  # (n, N); same label > 0 implies the candidate is mentioned too
 
-        sim = features @ features.T / self.temperature  # (N, N)
+        sim = anchors @ cells.T / self.temperature  # (n, N)
         sim = sim - sim.amax(dim=1, keepdim=True).detach()
         sim = sim.masked_fill(~candidates, torch.finfo(sim.dtype).min)
-        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (N, N)
+        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)  # (n, N)
 
-        num_pos = positives.sum(dim=1)  # (N,)
-        pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # (N,)
-        mean_log_prob_pos = pos_log_prob / num_pos.clamp(min=1)  # (N,), 0 without positives
-        has_pos = num_pos > 0  # (N,)
-        return -mean_log_prob_pos.sum() / has_pos.sum().clamp(min=1)
+        num_pos = positives.sum(dim=1)  # (n,)
+        pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # (n,)
+        mean_log_prob_pos = pos_log_prob / num_pos.clamp(min=1)  # (n,), 0 without positives
+        dtype = torch.promote_types(sim.dtype, torch.float32)  # a bf16 count is inexact past 256
+        total = torch.stack([-mean_log_prob_pos.sum().to(dtype), (num_pos > 0).sum().to(dtype)])
+        if across_processes:
+            total = all_reduce_sum(total)  # (loss sum, anchors with positives) of the global batch
+        return total[0] / total[1].clamp(min=1)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, gather={self.gather}"

@@ -8,11 +8,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MaxMetric
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
+from absa_lightning.report import LOSS_KEYS
 
 STATIC_BALANCER = "absa_lightning.balancers.StaticWeights"
 
@@ -42,6 +44,14 @@ def build_balancer(loss: dict[str, Any]) -> torch.nn.Module:
         focal_weight=loss["focal_weight"],
         contrastive_weight=loss["contrastive_weight"],
     )
+
+
+def _loss_means() -> nn.ModuleDict:
+    """An epoch mean of each loss, weighted, in which a NaN stays NaN.
+
+    (nan_strategy: "warn" would drop NaNs, "disable" also drops the weights.)
+    """
+    return nn.ModuleDict({k: MeanMetric(nan_strategy=float("nan")) for k in LOSS_KEYS})
 
 
 class AspectSentimentModule(L.LightningModule):
@@ -83,6 +93,11 @@ class AspectSentimentModule(L.LightningModule):
         self.val_scores = AspectSentimentScores(len(aspects), len(polarities))
         self.test_scores = AspectSentimentScores(len(aspects), len(polarities))
         self.val_pair_f1_best = MaxMetric()
+        # Evaluation losses as metrics: their weighted sums add up over DDP processes, which may
+        # hold different numbers of comments (Lightning's own mean of logged values averages the
+        # processes' comment counts as an integer).
+        self.val_losses = _loss_means()
+        self.test_losses = _loss_means()
         self.test_per_aspect: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -113,14 +128,30 @@ class AspectSentimentModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, losses = self._losses(batch)
+        losses = {f"train/{k}": v for k, v in losses.items()}
+        if self.hparams.loss.get("check_finite", True):
+            self._check_finite(losses, batch, batch_idx)
         self.log_dict(
-            {f"train/{k}": v for k, v in losses.items()},
-            on_step=True,
-            on_epoch=True,
-            batch_size=len(batch["labels"]),
-            sync_dist=True,  # the epoch means drive the balancer: the same on every rank
+            losses, on_step=True, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True
         )
-        return losses["loss"]
+        return losses["train/loss"]
+
+    def _check_finite(
+        self, losses: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> None:
+        """Stop before the optimizer steps on a NaN or infinite loss, naming it and the batch."""
+        finite = torch.stack([v.detach() for v in losses.values()]).isfinite()
+        if bool(finite.all()):  # a host sync each step: cheap, see `loss.check_finite` in conf
+            return
+        bad = [
+            f"{name} is {value.item()}"
+            for (name, value), ok in zip(losses.items(), finite.tolist(), strict=True)
+            if not ok
+        ]
+        raise FloatingPointError(
+            f"{', '.join(bad)} at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}); batch comment indices: {batch['index'].tolist()}"
+        )
 
     def on_train_epoch_end(self) -> None:
         focal_weight, contrastive_weight = self.balancer.effective_weights()
@@ -142,7 +173,7 @@ class AspectSentimentModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["labels"]))
+        self._log_means("val", self.val_losses, losses, len(batch["labels"]))
         self.val_scores.update(out.logits, batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
@@ -154,8 +185,16 @@ class AspectSentimentModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
-        self.log_dict({f"test/{k}": v for k, v in losses.items()}, batch_size=len(batch["labels"]))
+        self._log_means("test", self.test_losses, losses, len(batch["labels"]))
         self.test_scores.update(out.logits, batch["labels"])
+
+    def _log_means(
+        self, stage: str, means: nn.ModuleDict, losses: dict[str, torch.Tensor], comments: int
+    ) -> None:
+        """Each loss into its epoch mean, weighted by the batch's comments, as Lightning weighs."""
+        for name, value in losses.items():
+            means[name].update(value, comments)
+        self.log_dict({f"{stage}/{name}": mean for name, mean in means.items()})
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.compute().items()})

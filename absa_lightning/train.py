@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from absa_lightning import report
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
+from absa_lightning.checkpointing import resume_checkpoint
 from absa_lightning.module import AspectSentimentModule, check_loss_weights
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def train(cfg: DictConfig) -> dict:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger)
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    resume_from = resume_checkpoint(run_dir, cfg.ckpt_path, cfg.resume)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     losses = report.final_losses(trainer.callback_metrics)
     # Before validate/test load the best checkpoint, with its older balancer and callback state.
     focal_weight, contrastive_weight = model.balancer.effective_weights()
@@ -92,7 +96,6 @@ def train(cfg: DictConfig) -> dict:
     )
     test = report.scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0])
     per_aspect = report.per_aspect_rows(datamodule.aspects, model.test_per_aspect)
-    report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
 
     metrics = {
         "test": test,
@@ -108,9 +111,12 @@ def train(cfg: DictConfig) -> dict:
         "aspects": datamodule.aspects,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    report.write_json(run_dir / "metrics.json", metrics)
-    log.info("test: %s", {k: round(v, 4) for k, v in test.items()})
-    log.info("run folder: %s", run_dir)
+    if trainer.is_global_zero:  # every DDP process gets here with the same (synced) metrics
+        report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
+        run_dir.mkdir(parents=True, exist_ok=True)  # fast_dev_run writes nothing else there
+        report.write_json(run_dir / "metrics.json", metrics)
+        log.info("test: %s", {k: round(v, 4) for k, v in test.items()})
+        log.info("run folder: %s", run_dir)
     return metrics
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from absa_lightning.data.download import ensure_dataset
@@ -103,10 +104,30 @@ class AspectSentimentDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", self.eval_batch_size)
+        return self._loader("dev", self.eval_batch_size, sampler=self._eval_sampler("dev"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split, self.eval_batch_size)
+        return self._loader(
+            self.split, self.eval_batch_size, sampler=self._eval_sampler(self.split)
+        )
+
+    def _eval_sampler(self, split: str) -> Sampler | None:
+        """Under DDP, each process scores its share of the split and every comment exactly once.
+
+        Lightning's own DistributedSampler would pad the split with repeated comments to even
+        out the processes, and the metrics (confusion counts summed over processes) would count
+        those twice. Processes may then run one batch more than another, which evaluation
+        allows: nothing synchronises per batch (the contrastive loss gathers in training only).
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None  # Lightning's default: the comments in order
+        return UnrepeatedDistributedSampler(
+            self.datasets[split],
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            shuffle=False,
+        )
 
     def _read(self, split: str) -> list[Example]:
         if split not in self._examples:
@@ -141,13 +162,16 @@ class AspectSentimentDataModule(L.LightningDataModule):
         labels = torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column))
         return AspectSentimentDataset(kept, labels)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool = False, sampler: Sampler | None = None
+    ) -> DataLoader:
         if self.tokenizer is None:
             raise RuntimeError("call set_tokenizer(...) with the encoder's tokenizer first")
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self._collate,
             persistent_workers=self.num_workers > 0,

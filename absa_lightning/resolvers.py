@@ -1,0 +1,19 @@
+"""Resolvers that conf/ uses in `${...}` interpolations; registered when this module is imported."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+__all__ = ["precision_for"]
+
+
+def precision_for(accelerator: str, accelerated: str) -> str:
+    """`accelerated` (e.g. bf16-mixed) on GPUs, 32-true on CPUs.
+
+    So that `trainer=ddp trainer.accelerator=cpu` (DDP in tests) does not inherit the GPU's mixed
+    precision: on CPUs bf16 autocast is slower and less precise, and has nothing to save.
+    """
+    return "32-true" if accelerator == "cpu" else accelerated
+
+
+OmegaConf.register_new_resolver("precision_for", precision_for, replace=True)
