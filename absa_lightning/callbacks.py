@@ -163,7 +163,7 @@ class EmbeddingSpace(L.Callback):
     `space` is the `AspectOutputs` field measured: `aspect_embeddings` (what both heads read)
     or `projections` (what the contrastive loss sees). `max_cells` caps the cells (a fixed
     random subset; the scores cost O(cells^2) memory). The cost is one forward pass over the
-    validation split per measurement; `time_s` in `scores` records it.
+    validation split per measurement; `seconds` records it.
     """
 
     def __init__(
@@ -179,10 +179,12 @@ class EmbeddingSpace(L.Callback):
         self.max_cells = max_cells
         self.max_panels = max_panels
         self.seed = seed
-        self.scores: dict[int, dict[str, float]] = {}
+        self.scores: dict[int, dict[str, float]] = {}  # by epochs trained; in checkpoints
+        self.seconds: dict[int, float] = {}  # what each measurement cost; not state
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._measure(trainer, pl_module, epochs_trained=trainer.current_epoch)
+        if trainer.global_step == 0:  # before the first epoch; a resumed run measured it already
+            self._measure(trainer, pl_module, epochs_trained=0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.current_epoch + 1
@@ -197,6 +199,12 @@ class EmbeddingSpace(L.Callback):
             return
         started = time.perf_counter()
         points, cells = self._embed(trainer, pl_module)
+        finite = points.isfinite().all(dim=1)
+        if not finite.all():  # a run with check_finite=false may have diverged
+            log.warning("embedding space: %d non-finite embeddings left out", int((~finite).sum()))
+            points, cells = points[finite], cells[finite]
+        if len(points) < 2:
+            return
         if len(points) > self.max_cells:
             keep = torch.randperm(len(points), generator=torch.Generator().manual_seed(self.seed))
             points, cells = points[keep[: self.max_cells]], cells[keep[: self.max_cells]]
@@ -215,18 +223,15 @@ class EmbeddingSpace(L.Callback):
             path=folder / f"embeddings_{epochs_trained:02d}.png",
             max_panels=self.max_panels,
         )
-        scores["time_s"] = time.perf_counter() - started
         self.scores[epochs_trained] = scores
+        self.seconds[epochs_trained] = time.perf_counter() - started
         for logger in trainer.loggers:
-            logger.log_metrics(
-                {f"val/emb_{k}": v for k, v in scores.items() if k != "time_s"},
-                step=trainer.global_step,
-            )
+            logger.log_metrics({f"val/emb_{k}": v for k, v in scores.items()}, trainer.global_step)
         log.info(
             "embedding space after %d epochs (%.1f s): %s",
             epochs_trained,
-            scores["time_s"],
-            {k: round(v, 4) for k, v in scores.items() if k != "time_s"},
+            self.seconds[epochs_trained],
+            {k: round(v, 4) for k, v in scores.items()},
         )
 
     @torch.no_grad()

@@ -44,8 +44,10 @@ def callback_reports(trainer: L.Trainer) -> dict:
         if isinstance(callback, LossDynamics):
             reports["diagnosis"] = callback.diagnosis()
         if isinstance(callback, EmbeddingSpace):
-            scores = callback.scores.items()
-            reports["embedding_space"] = {f"after_{e}_epochs": s for e, s in scores}
+            reports["embedding_space"] = {
+                f"after_{e}_epochs": {**s, "time_s": callback.seconds.get(e)}
+                for e, s in callback.scores.items()
+            }
     return reports
 
 
