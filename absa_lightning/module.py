@@ -202,6 +202,10 @@ class AspectSentimentModule(L.LightningModule):
         self.test_scores.reset()
 
     def configure_optimizers(self):
+        return self.optimization(int(self.trainer.estimated_stepping_batches))
+
+    def optimization(self, total_steps: int):
+        """The optimizer over the parameter groups, and its per-step schedule over `total_steps`."""
         groups = [
             {"params": self.net.encoder_parameters(), "lr": self.hparams.encoder_lr},
             {"params": self.net.head_parameters()},  # the optimizer's own lr
@@ -211,7 +215,6 @@ class AspectSentimentModule(L.LightningModule):
         optimizer = instantiate(self.hparams.optimizer)(groups)
         if not self.hparams.scheduler:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total_steps)
         return {
             "optimizer": optimizer,

@@ -51,12 +51,9 @@ def callback_reports(trainer: L.Trainer) -> dict:
     return reports
 
 
-def train(cfg: DictConfig) -> dict:
-    """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule]:
+    """The data (set up for fitting) and the model that `cfg` describes."""
     check_loss_weights(cfg.loss.focal_weight, cfg.loss.contrastive_weight)
-    L.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.output_dir)
-
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -78,7 +75,14 @@ def train(cfg: DictConfig) -> dict:
         max_length=cfg.data.max_length,
         preprocess=OmegaConf.to_container(cfg.data.preprocess) if cfg.data.preprocess else None,
     )
+    return datamodule, model
 
+
+def train(cfg: DictConfig) -> dict:
+    """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.output_dir)
+    datamodule, model = build(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger)
     )

@@ -349,7 +349,7 @@ def test_shuffled_training_batches_keep_labels_with_their_index(tmp_path: Path) 
     dm.set_tokenizer(tiny_tokenizer())
     torch.manual_seed(0)
     batches = list(dm.train_dataloader())
-    assert [len(b["index"]) for b in batches] == [3, 1]
+    assert sorted(len(b["index"]) for b in batches) == [1, 3]
     seen = torch.cat([b["index"] for b in batches])
     assert sorted(seen.tolist()) == [0, 1, 2, 3]
     labels = dm.datasets["train"].labels
@@ -366,3 +366,44 @@ def test_dataloader_before_set_tokenizer_is_a_clear_error(small: Path, loader: s
     dm.setup("test")
     with pytest.raises(RuntimeError, match=r"set_tokenizer"):
         getattr(dm, loader)()
+
+
+def test_training_batches_group_comments_of_similar_length(tmp_path: Path) -> None:
+    """Pools of 2 batches sorted by length: the two SHORT comments share a batch, padded short."""
+    dm = collation_module(tmp_path, batch_size=2, bucket_batches=2)
+    tok = tiny_tokenizer()
+    dm.set_tokenizer(tok)
+    short = len(tok(SHORT)["input_ids"])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        batches = {tuple(sorted(b["index"].tolist())): b for b in dm.train_dataloader()}
+        assert set(batches) == {(0, 3), (1, 2)}
+        assert batches[(0, 3)]["input_ids"].shape == (2, short)
+
+
+def test_pad_to_max_length_pads_every_batch_to_max_length(tmp_path: Path) -> None:
+    dm = collation_module(tmp_path, max_length=12, eval_batch_size=2, pad_to_max_length=True)
+    tok = tiny_tokenizer()
+    dm.set_tokenizer(tok)
+    first, second = list(dm.val_dataloader())
+    assert first["input_ids"].shape == second["input_ids"].shape == (2, 12)
+    lengths = [len(tok(t)["input_ids"]) for t in (SHORT, MEDIUM)]
+    assert first["attention_mask"].sum(dim=1).tolist() == lengths
+    assert first["input_ids"][0, lengths[0] :].eq(tok.pad_token_id).all()
+
+
+def test_a_new_tokenizer_encodes_the_comments_again(tmp_path: Path) -> None:
+    dm = collation_module(tmp_path, eval_batch_size=4)
+    dm.set_tokenizer(tiny_tokenizer())
+    before = next(iter(dm.val_dataloader()))["input_ids"]
+    other = scratch_bert(
+        ["màn hình camera"],
+        vocab_size=50,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+    )[0]
+    dm.set_tokenizer(other)
+    after = next(iter(dm.val_dataloader()))["input_ids"]
+    assert after.max() < len(other) <= before.max()

@@ -9,9 +9,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
 
@@ -22,16 +23,35 @@ Reader = Callable[..., list[Example]]  # (path, polarities, on_error) -> example
 
 
 class AspectSentimentDataset(Dataset):
-    """Comments with a label matrix: labels[i, a] = 0 if aspect a is absent, else 1 + polarity."""
+    """Comments with a label matrix: labels[i, a] = 0 if aspect a is absent, else 1 + polarity.
+
+    `token_ids` holds each comment tokenised once (`encode`), not once per epoch.
+    """
 
     def __init__(self, texts: list[str], labels: torch.Tensor):
         self.texts, self.labels = texts, labels  # labels: (N, A) long
+        self.token_ids: list[torch.Tensor] | None = None
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        encoded = tokenizer(
+            self.texts,
+            truncation=True,
+            max_length=max_length,
+            return_token_type_ids=False,
+            return_attention_mask=False,
+        )
+        self.token_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
+
+    def lengths(self) -> list[int]:
+        assert self.token_ids is not None, "encode() first"
+        return [len(ids) for ids in self.token_ids]
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, i: int) -> tuple[int, str, torch.Tensor]:
-        return i, self.texts[i], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        assert self.token_ids is not None, "encode() first"
+        return i, self.token_ids[i], self.labels[i]
 
 
 class AspectSentimentDataModule(L.LightningDataModule):
@@ -40,6 +60,10 @@ class AspectSentimentDataModule(L.LightningDataModule):
     The aspect list is `aspects` when given (eval always passes the checkpoint's), else the sorted
     aspects of the training split, so that runs agree. The tokenizer comes from the encoder and is
     set with `set_tokenizer` before the first dataloader is built.
+
+    Training batches are cut from length-sorted pools of `bucket_batches` batches (see
+    `LengthBucketBatchSampler`); every batch is padded to its longest comment, or to
+    `max_length` with `pad_to_max_length` (which only measures what padding costs).
     """
 
     def __init__(
@@ -57,6 +81,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        bucket_batches: int = 50,
+        pad_to_max_length: bool = False,
     ):
         super().__init__()
         if set(files) != set(SPLITS):
@@ -73,6 +99,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
+        self.bucket_batches, self.pad_to_max_length = bucket_batches, pad_to_max_length
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._examples: dict[str, list[Example]] = {}
         self.datasets: dict[str, AspectSentimentDataset] = {}
@@ -91,6 +118,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
 
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
+        for dataset in self.datasets.values():
+            dataset.token_ids = None  # encoded again, with this tokenizer, when next loaded
 
     def class_counts(self) -> torch.Tensor:
         """(1 + polarities,) counts of each class over the training cells, for focal alpha."""
@@ -101,14 +130,24 @@ class AspectSentimentDataModule(L.LightningDataModule):
         return [ex.text for ex in self._read("train")]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        dataset = self._encoded("train")
+        batches = LengthBucketBatchSampler(
+            RandomSampler(dataset),
+            self.batch_size,
+            drop_last=False,
+            lengths=dataset.lengths(),
+            pool_batches=self.bucket_batches,
+        )
+        return self._loader("train", batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", self.eval_batch_size, sampler=self._eval_sampler("dev"))
+        return self._loader(
+            "dev", batch_size=self.eval_batch_size, sampler=self._eval_sampler("dev")
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(
-            self.split, self.eval_batch_size, sampler=self._eval_sampler(self.split)
+            self.split, batch_size=self.eval_batch_size, sampler=self._eval_sampler(self.split)
         )
 
     def _eval_sampler(self, split: str) -> Sampler | None:
@@ -162,34 +201,35 @@ class AspectSentimentDataModule(L.LightningDataModule):
         labels = torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column))
         return AspectSentimentDataset(kept, labels)
 
-    def _loader(
-        self, split: str, batch_size: int, shuffle: bool = False, sampler: Sampler | None = None
-    ) -> DataLoader:
+    def _encoded(self, split: str) -> AspectSentimentDataset:
         if self.tokenizer is None:
             raise RuntimeError("call set_tokenizer(...) with the encoder's tokenizer first")
+        dataset = self.datasets[split]
+        if dataset.token_ids is None:
+            dataset.encode(self.tokenizer, self.max_length)
+        return dataset
+
+    def _loader(self, split: str, **batching) -> DataLoader:
         return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
+            self._encoded(split),
             num_workers=self.num_workers,
             collate_fn=self._collate,
             persistent_workers=self.num_workers > 0,
+            **batching,
         )
 
-    def _collate(self, items: list[tuple[int, str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        index, texts, labels = zip(*items, strict=True)
-        batch = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            padding="longest",  # to the longest comment in this batch, not to max_length
-            return_token_type_ids=False,
-            return_tensors="pt",
+    def _collate(
+        self, items: list[tuple[int, torch.Tensor, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        index, token_ids, labels = zip(*items, strict=True)
+        input_ids, attention_mask = pad_batch(
+            token_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            pad_to=self.max_length if self.pad_to_max_length else None,
         )
         return {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "labels": torch.stack(labels),
             "index": torch.tensor(index),
         }

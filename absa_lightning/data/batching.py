@@ -1,0 +1,69 @@
+"""Batching: comments of similar length together, and padding a batch of token ids.
+
+A batch is padded to its longest comment, so its cost follows that comment. UIT-ViSFD's
+comments run from a few tokens to `max_length`; random batches of 32 almost always hold one
+long comment (pad to ~112 tokens for ~43 real ones on average), whereas batches cut from
+length-sorted pools pad little. `benchmarks/speed.py` measures the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import BatchSampler, Sampler
+
+
+class LengthBucketBatchSampler(BatchSampler):
+    """Batches of comments of similar length, in random order.
+
+    The `sampler`'s indices (a random permutation in training; under DDP, this process's share)
+    are taken `pool_batches` batches at a time; each pool is sorted by length and cut into
+    batches, and the batches of the epoch are then shuffled. Bigger pools pad less but make
+    batches less random: a batch holds comments of one length band, which also shapes the
+    contrastive loss's negatives. `pool_batches=1` gives the sampler's own batches.
+
+    Shuffling draws from torch's global generator, as `shuffle=True` does, so a run resumed from
+    a checkpoint with its random states draws the same batches.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sequence[int],
+        batch_size: int,
+        drop_last: bool,
+        lengths: Sequence[int] | torch.Tensor,
+        pool_batches: int = 50,
+    ):
+        super().__init__(sampler, batch_size, drop_last)
+        if pool_batches < 1:
+            raise ValueError(f"data.bucket_batches must be >= 1, got {pool_batches}")
+        self.lengths = torch.as_tensor(lengths)
+        self.pool_batches = pool_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        if self.drop_last:
+            indices = indices[: len(indices) - len(indices) % self.batch_size]
+        batches: list[torch.Tensor] = []
+        for pool in indices.split(self.batch_size * self.pool_batches):
+            # stable: equal lengths keep the sampler's (random) order
+            pool = pool[torch.argsort(self.lengths[pool], stable=True)]
+            batches.extend(pool.split(self.batch_size))
+        for i in torch.randperm(len(batches)).tolist():
+            yield batches[i].tolist()
+
+
+def pad_batch(
+    token_ids: Sequence[torch.Tensor], pad_id: int, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, L): L = the longest comment, or `pad_to`."""
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    input_ids = pad_sequence(list(token_ids), batch_first=True, padding_value=pad_id)
+    if pad_to is not None and input_ids.shape[1] < pad_to:
+        input_ids = torch.nn.functional.pad(
+            input_ids, (0, pad_to - input_ids.shape[1]), value=pad_id
+        )
+    attention_mask = (torch.arange(input_ids.shape[1]) < lengths.unsqueeze(1)).long()
+    return input_ids, attention_mask
