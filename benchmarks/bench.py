@@ -19,17 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from benchmarks import quality, speed, svm_baseline
 from benchmarks.results import (
     REPO,
     Section,
-    Target,
     environment,
-    format_cell,
     load_settings,
+    section_markdown,
+    targets_table,
     write_results,
 )
 
@@ -72,23 +69,7 @@ def run_sections(
 
 
 def print_section(section: Section) -> None:
-    table = Table(title=section.title, caption="\n".join(section.notes) or None)
-    for column in section.columns:
-        table.add_column(column, no_wrap=column != "recipe")
-    for row in section.rows:
-        table.add_row(*(format_cell(row.get(c)) for c in section.columns))
-    Console().print(table)
-
-
-def print_targets(targets: Sequence[Target]) -> None:
-    table = Table(title="Targets")
-    for column in ("target", "value", "needed", "result", "note"):
-        table.add_column(column)
-    for t in targets:
-        verdict = "[green]PASS[/green]" if t.passed else "[red]MISS[/red]"
-        needed = f"{t.comparison} {format_cell(t.target)}"
-        table.add_row(t.name, format_cell(t.value), needed, verdict, t.note)
-    Console().print(table)
+    print(section_markdown(section), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     targets = [t for s in sections.values() for t in s.targets]
     if targets:
-        print_targets(targets)
+        print("## Targets\n\n" + targets_table(targets) + "\n")
     env = environment(settings.seeds, args.quick)
     name = "bench-quick" if args.quick else "bench"
     md_path, json_path = write_results(list(sections.values()), env, total_seconds, name)

@@ -121,7 +121,7 @@ def format_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4g}"  # F1s to 4 decimals, seconds to 4 digits
     return str(value)
 
 
@@ -191,16 +191,20 @@ def targets_table(targets: Sequence[Target]) -> str:
     return markdown_table(columns, rows)
 
 
+def section_markdown(section: Section) -> str:
+    """Its title, table and notes (what the benchmark prints as it goes, and writes)."""
+    parts = [f"## {section.title}", ""]
+    if section.rows:
+        parts += [markdown_table(section.columns, section.rows), ""]
+    parts += [f"- {note}" for note in section.notes]
+    return "\n".join([*parts, ""] if section.notes else parts)
+
+
 def markdown(
     sections: Sequence[Section], env: dict[str, Any], total_seconds: float, title: str
 ) -> str:
     parts = [f"# {title}", ""]
-    for section in sections:
-        parts += [f"## {section.title}", ""]
-        if section.rows:
-            parts += [markdown_table(section.columns, section.rows), ""]
-        parts += [f"- {note}" for note in section.notes]
-        parts += [""] if section.notes else []
+    parts += [section_markdown(section) for section in sections]
     targets = [t for s in sections for t in s.targets]
     if targets:
         parts += ["## Targets", "", targets_table(targets), ""]
