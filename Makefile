@@ -13,7 +13,7 @@ endif
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help install install-browser train test test-fast bench-predict lint format clean
+.PHONY: help install install-browser train test test-fast bench bench-quick bench-predict lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -36,6 +36,12 @@ test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
 
 test-fast: ## The tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/results/bench.md (hours)
+	$(PY) -m benchmarks.bench $(ARGS)
+
+bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
+	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
 	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))

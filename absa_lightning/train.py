@@ -7,6 +7,7 @@ python train.py -m loss.focal_weight=0.7,0.8,0.9
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -89,7 +90,9 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resume_checkpoint(run_dir, cfg.ckpt_path, cfg.resume)
     if resume_from:
         log.info("resuming from %s", resume_from)
+    fit_start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    fit_seconds = time.perf_counter() - fit_start  # of this process: a resumed run's remainder
     losses = report.final_losses(trainer.callback_metrics)
     # Before validate/test load the best checkpoint, with its older balancer and callback state.
     focal_weight, contrastive_weight = model.balancer.effective_weights()
@@ -113,6 +116,8 @@ def train(cfg: DictConfig) -> dict:
         },
         **readings,
         "per_aspect": per_aspect,
+        "fit_seconds": fit_seconds,
+        "epochs_trained": trainer.current_epoch,  # fewer than max_epochs after early stopping
         "best_checkpoint": best,
         "aspects": datamodule.aspects,
         "config": OmegaConf.to_container(cfg, resolve=True),

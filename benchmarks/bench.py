@@ -1,0 +1,109 @@
+"""The benchmark: quality (a TF-IDF + SVM baseline, the neural recipes over seeds) and speed.
+
+    python -m benchmarks.bench                          # make bench: all of it, hours on 2 cores
+    python -m benchmarks.bench --quick                  # make bench-quick: < 10 min, a subset
+    python -m benchmarks.bench --only svm,quality --reuse
+
+Runs the sections in the order svm, quality, speed, prints each table, then the targets
+(PASS/MISS) and the total time, and writes benchmarks/results/bench.md and bench.json
+(bench-quick.* in quick mode) with the machine, versions, seeds and git revision. Knobs:
+benchmarks/bench.yaml. A section not written yet (NotImplementedError) is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+from benchmarks import quality, speed, svm_baseline
+from benchmarks.results import (
+    REPO,
+    Section,
+    environment,
+    load_settings,
+    section_markdown,
+    targets_table,
+    write_results,
+)
+
+SECTION_NAMES = ("svm", "quality", "speed")
+SectionRunner = Callable[[Path, bool], Section]  # (data_dir, quick) -> its table
+
+
+def data_dir_default() -> Path:
+    """$ABSA_DATA_DIR, else a copy beside the checkout (as CI lays it out), else data/uit-visfd."""
+    if os.environ.get("ABSA_DATA_DIR"):
+        return Path(os.environ["ABSA_DATA_DIR"])
+    beside = REPO.parent / "shared" / "data" / "uit-visfd"
+    return beside if beside.is_dir() else REPO / "data" / "uit-visfd"
+
+
+def section_names(only: str | None) -> list[str]:
+    """`--only svm,speed` -> those sections in the bench's order; unknown names are an error."""
+    if only is None:
+        return list(SECTION_NAMES)
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = wanted - set(SECTION_NAMES)
+    if unknown or not wanted:
+        raise SystemExit(f"--only: unknown section(s) {sorted(unknown)}; pick from {SECTION_NAMES}")
+    return [name for name in SECTION_NAMES if name in wanted]
+
+
+def run_sections(
+    runners: Mapping[str, SectionRunner], names: Sequence[str], data_dir: Path, quick: bool
+) -> dict[str, Section]:
+    """Each named section in turn, printed as it finishes."""
+    sections = {}
+    for name in names:
+        try:
+            section = runners[name](data_dir, quick)
+        except NotImplementedError as err:
+            section = Section(title=f"{name} (skipped)", notes=[f"skipped: {err}"])
+        print_section(section)
+        sections[name] = section
+    return sections
+
+
+def print_section(section: Section) -> None:
+    print(section_markdown(section), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the < 10 min variant (bench.yaml)")
+    parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTION_NAMES)}")
+    parser.add_argument("--data-dir", type=Path, default=data_dir_default())
+    parser.add_argument(
+        "--reuse", action="store_true", help="read finished runs of the same code and overrides"
+    )
+    args = parser.parse_args(argv)
+    settings = load_settings(args.quick)
+
+    start = time.perf_counter()
+    runners: dict[str, SectionRunner] = {
+        "svm": svm_baseline.run,
+        "quality": partial(quality.run, reuse=args.reuse),
+        "speed": speed.run,
+    }
+    sections = run_sections(runners, section_names(args.only), args.data_dir, args.quick)
+    if "svm" in sections and "quality" in sections:
+        sections["quality"].targets += quality.baseline_targets(
+            sections["svm"].row(svm_baseline.ROW), sections["quality"], settings, args.quick
+        )
+    total_seconds = time.perf_counter() - start
+
+    targets = [t for s in sections.values() for t in s.targets]
+    if targets:
+        print("## Targets\n\n" + targets_table(targets) + "\n")
+    env = environment(settings.seeds, args.quick)
+    name = "bench-quick" if args.quick else "bench"
+    md_path, json_path = write_results(list(sections.values()), env, total_seconds, name)
+    print(f"total {total_seconds / 60:.1f} min; wrote {md_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The benchmark harness: the SVM baseline, aggregation over seeds, targets, the results files,
+and one tiny train.py run through the quality runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+from conftest import QUIET, TINY
+from omegaconf import OmegaConf
+
+from absa_lightning.metrics import AspectSentimentScores
+from benchmarks import bench, quality, svm_baseline
+from benchmarks.results import MeanStd, Section, Target, environment, load_settings, write_results
+
+PHRASES = {  # aspect -> polarity -> the words that say it
+    "BATTERY": {"Positive": "pin trâu", "Negative": "pin yếu", "Neutral": "pin tạm"},
+    "CAMERA": {"Positive": "camera nét", "Negative": "camera mờ", "Neutral": "camera ổn"},
+}
+
+
+def write_toy_split(path: Path, n: int, rng: random.Random) -> None:
+    """Comments whose aspects and polarities are each said by their own words: separable."""
+    rows = []
+    for _ in range(n):
+        words, labels = ["máy", "mua", "hôm", "qua"], []
+        for aspect, by_polarity in PHRASES.items():
+            polarity = rng.choice([None, *by_polarity])
+            if polarity:
+                words.append(by_polarity[polarity])
+                labels.append(f"{{{aspect}#{polarity}}};")
+        rng.shuffle(words)
+        rows.append({"comment": " ".join(words), "label": "".join(labels) or "{OTHERS};"})
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["comment", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def toy_visfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("toy_visfd")
+    rng = random.Random(0)
+    for name, n in (("Train.csv", 120), ("Dev.csv", 60), ("Test.csv", 60)):
+        write_toy_split(folder / name, n, rng)
+    return folder
+
+
+def test_svm_baseline_learns_a_separable_toy_with_C_chosen_on_dev(toy_visfd: Path) -> None:
+    splits = svm_baseline.read_splits(toy_visfd)
+    grid = [0.01, 1.0]
+    result = svm_baseline.fit_and_score(splits, grid)
+
+    assert splits.aspects == ["BATTERY", "CAMERA"]
+    for aspect in splits.aspects:
+        dev_f1 = result.dev_pair_f1[aspect]
+        assert set(dev_f1) == set(grid)
+        assert dev_f1[result.C[aspect]] == max(dev_f1.values())
+    # Scored by the project's metric on the test label matrix, and far above chance.
+    metric = AspectSentimentScores(num_aspects=2, num_polarities=3)
+    metric.update(result.predictions, splits.test.labels)
+    assert result.scores == {k: float(v) for k, v in metric.compute().items()}
+    assert result.scores["pair_f1"] > 0.9
+    assert result.fit_seconds > 0
+
+
+def test_svm_section_reports_the_metrics_and_the_chosen_C(toy_visfd: Path) -> None:
+    section = svm_baseline.run(toy_visfd, quick=True)
+    row = section.row(svm_baseline.ROW)
+    assert set(section.columns) <= set(row)
+    assert row["pair_f1"] > 0.9
+    assert any("BATTERY" in note and "CAMERA" in note for note in section.notes)
+
+
+def test_mean_and_sample_std_over_seeds() -> None:
+    values = [0.70, 0.72, 0.77]
+    mean = sum(values) / 3
+    sample_std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5  # n - 1
+    cell = MeanStd.of(values)
+    assert cell.mean == pytest.approx(mean)
+    assert cell.std == pytest.approx(sample_std)
+    assert str(cell) == f"{mean:.4f} ± {sample_std:.4f}"
+    assert MeanStd.of([0.5]).std is None
+    assert str(MeanStd.of([0.5])) == "0.5000"
+    with pytest.raises(ValueError, match="no values"):
+        MeanStd.of([])
+
+
+def outcome(pair_f1: float, aspect_f1: float, wall_min: float) -> quality.RunOutcome:
+    test = {f"test/{m}": 0.5 for m in quality.METRICS}
+    test.update({"test/pair_f1": pair_f1, "test/aspect_f1": aspect_f1})
+    metrics = {"test": test, "fit_seconds": 60 * wall_min - 30, "epochs_trained": 6}
+    return quality.RunOutcome(metrics, 60 * wall_min, reused=False)
+
+
+def test_aggregated_rows_against_their_targets() -> None:
+    settings = load_settings(quick=False)
+    default = quality.aggregate(
+        "default", "d", [outcome(0.79, 0.86, 10), outcome(0.80, 0.86, 31), outcome(0.81, 0.86, 9)]
+    )
+    ce = quality.aggregate("ce", "c", [outcome(0.785, 0.85, 9)] * 3)
+    section = Section("q", quality.COLUMNS, [ce, default])
+    assert default["pair_f1"].mean == pytest.approx(0.80)
+    assert default["pair_f1"].std == pytest.approx(0.01)
+    assert default["epochs"] == "6/6/6"
+
+    time_limit, gain = quality.recipe_targets(section, settings, quick=False)
+    assert time_limit.value == pytest.approx(31) and not time_limit.passed  # the slowest seed
+    assert gain.target == pytest.approx(0.795) and gain.passed  # 0.80 >= 0.785 + 0.01
+
+    svm = {"row": "tfidf_svm", "pair_f1": 0.75, "aspect_f1": 0.86}
+    pair, aspect = quality.baseline_targets(svm, section, settings, quick=False)
+    assert pair.passed  # 0.80 >= 0.75 + 0.05, at the bound
+    assert not aspect.passed  # 0.86 is not > 0.86
+
+
+def test_target_comparisons() -> None:
+    assert Target("t", 1.0, "<=", 1.0).passed
+    assert not Target("t", 1.0, ">", 1.0).passed
+    assert Target("t", 2.0, ">=", 1.0).as_dict()["passed"] is True
+    with pytest.raises(ValueError, match=r"'t'.*'=='"):
+        Target("t", 1.0, "==", 1.0)
+
+
+def test_results_files_hold_the_tables_targets_and_environment(tmp_path: Path) -> None:
+    section = Section(
+        "Quality",
+        ["row", "pair_f1"],
+        [{"row": "default", "pair_f1": MeanStd.of([0.7, 0.8])}, {"row": "svm"}],
+        [Target("default pair_f1 >= 0.9", 0.75, ">=", 0.9)],
+        ["a note"],
+    )
+    env = environment(seeds=[42, 43], quick=False)
+    md_path, json_path = write_results([section], env, 125.0, "bench", folder=tmp_path)
+
+    md = md_path.read_text(encoding="utf-8")
+    assert "| default | 0.7500 ± 0.0707 |" in md
+    assert "| svm | – |" in md
+    assert "| default pair_f1 >= 0.9 | 0.75 | >= 0.9 | MISS |" in md
+    assert env["git_revision"] in md and "total 2.1 min" in md
+    content = json.loads(json_path.read_text(encoding="utf-8"))
+    assert set(content["environment"]) >= {
+        "cpu",
+        "cpu_cores",
+        "torch_threads",
+        "ram_gib",
+        "versions",
+        "git_revision",
+        "dirty",
+        "date",
+        "seeds",
+    }
+    assert set(content["environment"]["versions"]) >= {
+        "python",
+        "torch",
+        "lightning",
+        "scikit-learn",
+    }
+    assert content["sections"][0]["rows"][0]["pair_f1"]["values"] == [0.7, 0.8]
+    assert content["sections"][0]["targets"][0]["passed"] is False
+
+
+def test_quick_settings_merge_over_the_full_ones() -> None:
+    full, quick = load_settings(quick=False), load_settings(quick=True)
+    assert list(full.seeds) == [42, 43, 44] and list(quick.seeds) == [42]
+    assert (
+        list(full.quality.rows)
+        == list(quick.quality.rows)
+        == ["ce", "focal", "default", "balancer"]
+    )
+    assert "trainer.max_epochs=2" in quick.quality.extra_overrides
+    assert "quick" not in full
+
+
+def test_a_section_not_written_yet_is_skipped_with_a_note(tmp_path: Path) -> None:
+    ran = Section("svm", ["row"], [{"row": "x"}])
+    runners = {"svm": lambda data_dir, quick: ran, "speed": bench.speed.run}
+    sections = bench.run_sections(runners, ["svm", "speed"], tmp_path, quick=True)
+    assert sections["svm"] is ran
+    assert sections["speed"].notes[0].startswith("skipped:") and not sections["speed"].rows
+    assert bench.section_names("speed, svm") == ["svm", "speed"]
+    with pytest.raises(SystemExit, match="svn"):
+        bench.section_names("svn")
+
+
+@pytest.mark.slow
+def test_quality_runner_trains_once_and_reuses_only_the_same_code_and_overrides(
+    small_visfd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = OmegaConf.create(
+        {
+            "seeds": [7],
+            "quality": {
+                "rows": {"tiny": {"label": "tiny", "overrides": [*TINY, "trainer.max_epochs=1"]}},
+                "common_overrides": QUIET,
+                "extra_overrides": ["~callbacks.embedding_space"],
+            },
+        }
+    )
+    (run,) = quality.planned_runs(settings, small_visfd, "quick", output_root=tmp_path)
+    assert run.run_dir == tmp_path / "quick" / "tiny" / "seed_7"
+    assert "seed=7" in run.overrides and f"hydra.run.dir={run.run_dir}" in run.overrides
+    code = {"git_revision": "abc", "dirty": False, "diff_sha256": None}
+
+    trained = quality.execute(run, code, reuse=True)  # nothing to reuse yet
+    assert not trained.reused and trained.wall_seconds > trained.metrics["fit_seconds"] > 0
+    assert trained.metrics["epochs_trained"] == 1
+    assert 0 <= trained.metrics["test"]["test/pair_f1"] <= 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("train.py ran again")
+
+    monkeypatch.setattr(quality.subprocess, "run", no_training)
+    reused = quality.execute(run, code, reuse=True)
+    assert reused.reused and reused.metrics == trained.metrics
+    assert reused.wall_seconds == trained.wall_seconds
+    with pytest.raises(AssertionError, match="ran again"):  # other code: trained afresh
+        quality.execute(run, {**code, "git_revision": "def"}, reuse=True)
+    assert not (run.run_dir / "metrics.json").exists()  # the stale run was cleared first
