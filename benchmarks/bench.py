@@ -7,7 +7,7 @@
 Runs the sections in the order svm, quality, speed, prints each table, then the targets
 (PASS/MISS) and the total time, and writes benchmarks/results/bench.md and bench.json
 (bench-quick.* in quick mode) with the machine, versions, seeds and git revision. Knobs:
-benchmarks/bench.yaml. A section not written yet (NotImplementedError) is skipped with a note.
+benchmarks/bench.yaml.
 """
 
 from __future__ import annotations
@@ -59,10 +59,7 @@ def run_sections(
     """Each named section in turn, printed as it finishes."""
     sections = {}
     for name in names:
-        try:
-            section = runners[name](data_dir, quick)
-        except NotImplementedError as err:
-            section = Section(title=f"{name} (skipped)", notes=[f"skipped: {err}"])
+        section = runners[name](data_dir, quick)
         print_section(section)
         sections[name] = section
     return sections

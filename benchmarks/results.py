@@ -97,6 +97,7 @@ class Section:
     rows: list[dict[str, Any]] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)  # raw numbers, for the JSON
 
     def row(self, name: str) -> dict[str, Any]:
         """The row whose first column (its name) is `name`."""
@@ -114,6 +115,7 @@ class Section:
             "rows": self.rows,
             "targets": [t.as_dict() for t in self.targets],
             "notes": self.notes,
+            "measurements": self.measurements,
         }
 
 

@@ -14,7 +14,7 @@ machine's noise cancels, on the same training batches of UIT-ViSFD.
 Each timed run starts from the same weights and is repeated `rounds` times, interleaved with the
 run it is compared to; the fastest of each is kept (the least disturbed by other work).
 
-    PYTHONPATH=. python benchmarks/speed.py [--quick]
+    python -m benchmarks.speed --data-dir ../shared/data/uit-visfd [--quick]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.predictor import AspectSentimentPredictor
 from absa_lightning.train import CONF_DIR, build
-from benchmarks.results import Section, Target
+from benchmarks.results import Section, Target, section_markdown, targets_table
 
 Batch = dict[str, torch.Tensor]
 TARGETS = {
@@ -364,15 +364,14 @@ def run(data_dir: Path, quick: bool) -> Section:
         _row("peak RSS, inference", None, f"{m['inference_peak_rss_mb']:.0f} MB"),
     ]
     targets = [
-        Target(f"speed: {name}", ratios[name], target, ratios[name] >= target)
-        for name, target in TARGETS.items()
+        Target(f"speed: {name}", ratios[name], ">=", target) for name, target in TARGETS.items()
     ]
     notes = [
         f"{m['threads']} torch threads; {steps} training batches of the default recipe "
         f"(batch {m['batch_size']}), best of {rounds} interleaved rounds; "
         "the first batch of each run is a warm-up."
     ]
-    return Section("Speed", ["measure", "ratio", "detail"], rows, targets, notes, raw=m)
+    return Section("Speed", ["measure", "ratio", "detail"], rows, targets, notes, m)
 
 
 def _row(measure: str, ratio: float | None, detail: str) -> dict:
@@ -385,10 +384,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     section = run(args.data_dir, args.quick)
-    for row in section.rows:
-        print(f"{row['measure']:<55} {row['ratio']:>6}  {row['detail']}")
-    for target in section.targets:
-        print(target)
+    print(section_markdown(section))
+    print(targets_table(section.targets))
 
 
 if __name__ == "__main__":

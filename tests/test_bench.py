@@ -175,12 +175,7 @@ def test_quick_settings_merge_over_the_full_ones() -> None:
     assert "quick" not in full
 
 
-def test_a_section_not_written_yet_is_skipped_with_a_note(tmp_path: Path) -> None:
-    ran = Section("svm", ["row"], [{"row": "x"}])
-    runners = {"svm": lambda data_dir, quick: ran, "speed": bench.speed.run}
-    sections = bench.run_sections(runners, ["svm", "speed"], tmp_path, quick=True)
-    assert sections["svm"] is ran
-    assert sections["speed"].notes[0].startswith("skipped:") and not sections["speed"].rows
+def test_sections_run_in_the_bench_order_whatever_the_order_asked() -> None:
     assert bench.section_names("speed, svm") == ["svm", "speed"]
     with pytest.raises(SystemExit, match="svn"):
         bench.section_names("svn")
