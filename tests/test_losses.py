@@ -148,14 +148,14 @@ def test_focal_rejects_bad_inputs():
 # ---------------------------------------------------------------------------
 
 
-def supcon_reference(embeddings, labels, temperature):
+def supcon_reference(embeddings, labels, temperature, negatives="all"):
     """Explicit loop over anchors; anchors without positives are skipped."""
     batch, aspects, _ = embeddings.shape
     cells = [(b, a) for b in range(batch) for a in range(aspects) if labels[b, a] > 0]
     anchor_losses = []
     for i in cells:
         group_i = (i[1], int(labels[i]))
-        others = [j for j in cells if j != i]
+        others = [j for j in cells if j != i and (negatives == "all" or j[1] == i[1])]
         positives = [j for j in others if (j[1], int(labels[j])) == group_i]
         if not positives:
             continue
@@ -175,8 +175,9 @@ def _normalised(shape, seed, dtype=torch.float64):
     return F.normalize(torch.randn(*shape, generator=gen, dtype=dtype), dim=-1)
 
 
+@pytest.mark.parametrize("negatives", ["all", "same_aspect"])
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
-def test_supcon_matches_loop_reference(temperature):
+def test_supcon_matches_loop_reference(temperature, negatives):
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (6, 4), generator=gen)
     embeddings = _normalised((6, 4, 8), seed=1).requires_grad_()
@@ -187,8 +188,8 @@ def test_supcon_matches_loop_reference(temperature):
     assert (labels == 0).any()
     assert any(c == 1 for c in counts.values()) and any(c > 1 for c in counts.values())
 
-    loss = SupConLoss(temperature)(embeddings, labels)
-    expected = supcon_reference(embeddings, labels, temperature)
+    loss = SupConLoss(temperature, negatives=negatives)(embeddings, labels)
+    expected = supcon_reference(embeddings, labels, temperature, negatives)
     assert loss.shape == ()
     torch.testing.assert_close(loss, expected)
     (grad,) = torch.autograd.grad(loss, embeddings)
@@ -284,3 +285,21 @@ def test_supcon_rejects_bad_shapes():
         SupConLoss()(embeddings.reshape(6, 4), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):
         SupConLoss()(embeddings, torch.ones(2, 3))
+
+
+def test_supcon_same_aspect_decomposes_into_one_loss_per_aspect():
+    """Under "same_aspect" each aspect is its own contrastive problem: the loss is the mean of
+    the per-aspect losses weighted by their anchors with positives; under "all" it is not."""
+    labels = torch.tensor([[1, 2, 0], [1, 1, 3], [2, 1, 3], [1, 0, 3]])
+    embeddings = _normalised((4, 3, 8), seed=3)
+    counted = [3, 2, 3]  # per aspect, anchors with a positive: 1,1,1 | 1,1 | 3,3,3
+    per_aspect = [SupConLoss(0.1)(embeddings[:, a : a + 1], labels[:, a : a + 1]) for a in range(3)]
+    weighted = sum(n * loss for n, loss in zip(counted, per_aspect, strict=True)) / sum(counted)
+    same_aspect = SupConLoss(0.1, negatives="same_aspect")(embeddings, labels)
+    torch.testing.assert_close(same_aspect, weighted)
+    assert not torch.allclose(SupConLoss(0.1)(embeddings, labels), weighted)
+
+
+def test_supcon_rejects_unknown_negatives():
+    with pytest.raises(ValueError, match="negatives"):
+        SupConLoss(0.1, negatives="others")
