@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import QUIET, TINY
+from conftest import QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
 from absa_lightning.metrics import AspectSentimentScores
@@ -215,3 +215,22 @@ def test_quality_runner_trains_once_and_reuses_only_the_same_code_and_overrides(
     with pytest.raises(AssertionError, match="ran again"):  # other code: trained afresh
         quality.execute(run, {**code, "git_revision": "def"}, reuse=True)
     assert not (run.run_dir / "metrics.json").exists()  # the stale run was cleared first
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_row_of_the_bench_composes_with_train_yaml(quick: bool, tmp_path: Path) -> None:
+    """The overrides the bench hands train.py are valid for conf/ (a typo fails here, not an
+    hour into `make bench`)."""
+    settings = load_settings(quick)
+    quality_settings = settings.quality
+    for row in quality_settings.rows.values():
+        overrides = [
+            *quality_settings.common_overrides,
+            *quality_settings.extra_overrides,
+            *row.overrides,
+            "seed=1",
+        ]
+        cfg = compose_train(list(overrides), tmp_path)
+        assert cfg.seed == 1
+    if quick:
+        assert cfg.trainer.limit_train_batches == 0.25
