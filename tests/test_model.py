@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from absa_lightning.models import AspectSentimentNet, packaged_minilm, scratch_bert
+from absa_lightning.models.network import learned_query_attention
 from absa_lightning.module import AspectSentimentModule
 
 TEXTS = [
@@ -110,3 +112,25 @@ def test_checkpoint_round_trip_gives_identical_outputs(build, tmp_path: Path) ->
         actual = loaded(batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(actual.logits, expected.logits)
     torch.testing.assert_close(actual.projections, expected.projections)
+
+
+def test_learned_query_attention_equals_multihead_attention() -> None:
+    """The reordered computation against torch's own attention, biases included, with padding."""
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, dropout=0.3, batch_first=True).double().eval()
+    with torch.no_grad():
+        attention.in_proj_bias.normal_()
+        attention.out_proj.bias.normal_()
+    queries = torch.randn(5, 16, dtype=torch.float64)
+    tokens = torch.randn(3, 7, 16, dtype=torch.float64)
+    padding = torch.arange(7) >= torch.tensor([[7], [4], [2]])  # (3, 7): True = padding
+    expected, _ = attention(
+        queries.expand(3, -1, -1), tokens, tokens, key_padding_mask=padding, need_weights=False
+    )
+    got = learned_query_attention(attention, queries, tokens, padding)
+    torch.testing.assert_close(got, expected)
+    attention.train()  # dropout on the attention weights, as torch's: the mean is unchanged
+    draws = torch.stack(
+        [learned_query_attention(attention, queries, tokens, padding) for _ in range(2000)]
+    )
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.05, rtol=0)

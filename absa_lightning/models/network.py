@@ -16,6 +16,37 @@ class AspectOutputs(NamedTuple):
     aspect_embeddings: torch.Tensor  # (B, A, D)
 
 
+def learned_query_attention(
+    attention: nn.MultiheadAttention,
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    key_padding_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`attention(queries, tokens, tokens, key_padding_mask)` for queries that are parameters,
+    the same for every comment: (A, D) queries, (B, L, D) tokens -> (B, A, D).
+
+    The same function of the same parameters, computed in another order. The key projection is
+    folded into the queries (q . (W_k t + b_k) = (W_k^T q) . t + q . b_k, and the last term,
+    constant over tokens, cancels in the softmax), and the value projection is applied after
+    pooling (the attention weights sum to 1, so the bias passes through). No token is
+    projected: A*H scores a token instead of 2*D projected features; the profile had the
+    per-token key and value projections at most of the aspect heads' cost.
+    """
+    heads, width = attention.num_heads, attention.embed_dim
+    head_dim = width // heads
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, _, b_v = attention.in_proj_bias.chunk(3)
+    q = (queries @ w_q.T + b_q).view(-1, heads, head_dim)  # (A, H, e)
+    key_queries = torch.einsum("ahe,hed->had", q, w_k.view(heads, head_dim, width))
+    scores = torch.einsum("bld,had->bhal", tokens, key_queries) / head_dim**0.5  # (B, H, A, L)
+    scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), attention.dropout, attention.training)
+    pooled = torch.einsum("bhal,bld->bhad", weights, tokens)  # (B, H, A, D)
+    values = torch.einsum("bhad,hed->bahe", pooled, w_v.view(heads, head_dim, width))
+    values = values + b_v.view(heads, head_dim)  # (B, A, H, e)
+    return attention.out_proj(values.flatten(2))
+
+
 class AspectSentimentNet(nn.Module):
     """Each aspect has a learned query that attends over the token states; the result is that
     aspect's embedding of the comment. A per-aspect linear head classifies it into
@@ -52,8 +83,8 @@ class AspectSentimentNet(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AspectOutputs:
         tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         queries = self.aspect_queries.expand(tokens.shape[0], -1, -1)  # (B, A, D)
-        attended, _ = self.attention(
-            queries, tokens, tokens, key_padding_mask=attention_mask == 0, need_weights=False
+        attended = learned_query_attention(
+            self.attention, self.aspect_queries, tokens, key_padding_mask=attention_mask == 0
         )
         aspect_embeddings = self.norm(attended + queries)  # (B, A, D)
         hidden = self.dropout(aspect_embeddings)
