@@ -39,15 +39,9 @@ from torch.utils.data import DataLoader
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.predictor import AspectSentimentPredictor
 from absa_lightning.train import CONF_DIR, build
-from benchmarks.results import Section, Target, section_markdown, targets_table
+from benchmarks.results import Section, Target, load_settings, section_markdown, targets_table
 
 Batch = dict[str, torch.Tensor]
-TARGETS = {
-    "lightning_vs_bare": 0.95,
-    "full_vs_plain": 0.90,
-    "bucketed_vs_fixed": 1.8,
-    "flops_vs_peak": 0.40,
-}
 
 
 def default_recipe(data_dir: Path, overrides: Sequence[str] = ()):
@@ -364,7 +358,8 @@ def run(data_dir: Path, quick: bool) -> Section:
         _row("peak RSS, inference", None, f"{m['inference_peak_rss_mb']:.0f} MB"),
     ]
     targets = [
-        Target(f"speed: {name}", ratios[name], ">=", target) for name, target in TARGETS.items()
+        Target(f"speed: {name}", ratios[name], ">=", target)
+        for name, target in load_settings(quick).targets.speed.items()
     ]
     notes = [
         f"{m['threads']} torch threads; {steps} training batches of the default recipe "
