@@ -9,6 +9,11 @@ ABSA_DATA_DIR ?= $(firstword $(wildcard $(abspath ../shared/data/uit-visfd)))
 ifneq ($(ABSA_DATA_DIR),)
 export ABSA_DATA_DIR
 endif
+# MAMS-ACSA (data=mams) likewise: beside the checkout, else data/mams-acsa (downloaded there).
+ABSA_MAMS_DIR ?= $(firstword $(wildcard $(abspath ../shared/data/mams-acsa)))
+ifneq ($(ABSA_MAMS_DIR),)
+export ABSA_MAMS_DIR
+endif
 
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 DATA_DIR = Path(os.environ.get("ABSA_DATA_DIR", REPO.parent / "shared/data/uit-visfd"))
+MAMS_DIR = Path(os.environ.get("ABSA_MAMS_DIR", REPO.parent / "shared/data/mams-acsa"))
 
 needs_real_data = pytest.mark.skipif(
     not (DATA_DIR / "Train.csv").is_file(),

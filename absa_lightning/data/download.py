@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,8 +36,8 @@ class ChecksumError(ValueError):
 def ensure_dataset(
     root: str | Path,
     files: Sequence[str],
-    url: str | None = None,
-    sha256: str | None = None,
+    url: str | Mapping[str, str] | None = None,
+    sha256: str | Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Path:
     """Return ``root`` once every name in ``files`` exists there.
@@ -45,7 +45,9 @@ def ensure_dataset(
     Files already present are trusted and the network is never touched, so ``root`` may be
     read-only. Otherwise the zip archive at ``url`` is downloaded into ``root``, checked
     against ``sha256`` when given, and the members whose base name is in ``files`` are
-    extracted into ``root``.
+    extracted into ``root``. With ``url`` a mapping {file name: URL} (files served one by one,
+    e.g. MAMS), each missing file is downloaded from its own URL and checked against its entry
+    in the mapping ``sha256``.
 
     Raises:
         DatasetNotFoundError: files are missing and there is no ``url``, the download failed,
@@ -64,6 +66,9 @@ def ensure_dataset(
         )
 
     _make_writable_dir(root, files, missing)
+    if isinstance(url, Mapping):
+        _download_files(root, files, missing, url, sha256 or {}, timeout)
+        return root
     logger.info("Downloading %s into %s (missing: %s)", url, root.resolve(), ", ".join(missing))
     fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".download-", suffix=".zip.part")
     archive = Path(tmp_name)
@@ -173,3 +178,37 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) ->
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _download_files(
+    root: Path,
+    files: Sequence[str],
+    missing: Sequence[str],
+    urls: Mapping[str, str],
+    sha256: Mapping[str, str],
+    timeout: float,
+) -> None:
+    """Each missing file from its own URL; it appears under its name only once complete and
+    checked against its SHA-256."""
+    absent = [name for name in missing if name not in urls]
+    if absent:
+        raise DatasetNotFoundError(
+            f"No download URL for {', '.join(absent)}. {_expected(root, files, missing)} "
+            "Put the files there, or set data.root=... to a folder that holds them."
+        )
+    for name in missing:
+        url, expected = urls[name], sha256.get(name)
+        logger.info("Downloading %s into %s", url, (root / name).resolve())
+        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = _download(url, out, timeout, root, files, missing)
+            if expected is not None and digest != expected.lower():
+                raise ChecksumError(
+                    f"Checksum mismatch for {url}: expected sha256 {expected.lower()}, got "
+                    f"{digest}. The download was discarded; {(root / name).resolve()} was not "
+                    "written."
+                )
+            os.replace(tmp_name, root / name)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Readers for aspect-category sentiment files: the UIT-ViSFD CSV and JSON Lines.
+"""Readers for aspect-category sentiment files: the UIT-ViSFD CSV, JSON Lines, SemEval XML.
 
 Both give `Example`s whose labels map an aspect name to a polarity spelled as in the configured
 polarity list. A label without polarity (UIT-ViSFD's `{OTHERS}`) is parsed and dropped: it names
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from xml.parsers import expat
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +196,107 @@ def _read_utf8(path: Path) -> io.StringIO:
         bad = raw[max(0, err.start - 20) : err.end + 20].decode("utf-8", errors="replace")
         raise DataError(path, line, "not UTF-8 text", bad) from None
     return io.StringIO(text, newline="")  # newline="": quoted CSV fields may hold line breaks
+
+
+# SemEval ABSA XML: the aspect-category elements of 2014 (aspectCategory) and 2015/16 (Opinion)
+_SEMEVAL_LABEL_ELEMENTS = ("aspectCategory", "Opinion")
+
+
+def read_semeval_xml(
+    path: str | Path,
+    polarities: Sequence[str],
+    on_error: OnError = "raise",
+    text_column: str = "text",
+    label_column: str = "category",
+) -> list[Example]:
+    """SemEval ABSA XML (2014-2016, MAMS): `<sentence>`s with a `<text>` and category labels.
+
+    Labels are the `<aspectCategory category=… polarity=…/>` elements of SemEval-2014 and MAMS,
+    or the `<Opinion category=… polarity=…/>` elements of SemEval-2015/16, wherever they sit
+    inside the sentence. `text_column` names the text element and `label_column` the attribute
+    that names the aspect (the names of `read_csv`'s arguments, so the readers take the same
+    ones). A polarity outside `polarities`, e.g. SemEval's `conflict`, is an error at the line
+    of its element: skip those sentences with `on_error="skip"`, or add `conflict` to the
+    polarities to learn it as a class. Two polarities for one category in a sentence (two
+    Opinions of 2015/16 with different targets) is an error at the sentence's line. A document
+    type declaration (DTD, entities) is refused: the format has none, and entities expand.
+    """
+    path = Path(path)
+    errors = RowErrors(path, on_error)
+    with _read_utf8(path) as stream:
+        source = stream.read()
+    lines = source.splitlines()
+
+    def line_text(line: int) -> str:
+        return lines[line - 1].strip() if 0 < line <= len(lines) else ""
+
+    examples: list[Example] = []
+    sentence: dict | None = None  # the open <sentence>: line, text parts, labels, first error
+    text_parts: list[str] | None = None  # collecting the open text element's characters
+    parser = expat.ParserCreate(encoding="utf-8")
+
+    def fail(line: int, problem: str) -> None:
+        """A problem in the open sentence: raise now, or mark the sentence to be skipped."""
+        errors.bad_row(line, problem, line_text(line))  # raises unless on_error="skip"
+        if sentence is not None:
+            sentence["bad"] = True
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        nonlocal sentence, text_parts
+        line = parser.CurrentLineNumber
+        if name == "sentence":
+            sentence = {"line": line, "text": None, "labels": [], "bad": False}
+        elif sentence is None or sentence["bad"]:
+            return
+        elif name == text_column:
+            text_parts = []
+        elif name in _SEMEVAL_LABEL_ELEMENTS:
+            aspect, polarity = attrs.get(label_column), attrs.get("polarity")
+            if aspect is None or polarity is None:
+                missing = label_column if aspect is None else "polarity"
+                return fail(line, f"<{name}> without a {missing!r} attribute")
+            try:
+                parse_labels([(aspect, polarity)], polarities)
+            except ValueError as err:
+                return fail(line, str(err))
+            sentence["labels"].append((aspect, polarity))
+
+    def end(name: str) -> None:
+        nonlocal sentence, text_parts
+        if name == text_column and text_parts is not None and sentence is not None:
+            sentence["text"], text_parts = "".join(text_parts).strip(), None
+        elif name == "sentence" and sentence is not None:
+            done, sentence = sentence, None
+            if done["bad"]:
+                return
+            line = done["line"]
+            try:
+                if not done["text"]:
+                    raise ValueError(f"sentence without <{text_column}> or with an empty one")
+                examples.append(
+                    Example(done["text"], parse_labels(done["labels"], polarities), line)
+                )
+            except ValueError as err:
+                errors.bad_row(line, str(err), done["text"] or line_text(line))
+
+    def characters(data: str) -> None:
+        if text_parts is not None:
+            text_parts.append(data)
+
+    def no_dtd(*_args: object) -> None:
+        line = parser.CurrentLineNumber
+        raise DataError(path, line, "a document type declaration (not allowed)", line_text(line))
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = characters
+    parser.StartDoctypeDeclHandler = no_dtd
+    parser.EntityDeclHandler = no_dtd
+    try:
+        parser.Parse(source, True)
+    except expat.ExpatError as err:
+        problem = f"malformed XML ({expat.errors.messages[err.code]}, column {err.offset + 1})"
+        raise DataError(path, err.lineno, problem, line_text(err.lineno)) from None
+    if not examples and not errors.skipped:
+        raise DataError(path, 1, "no <sentence> elements (not SemEval ABSA XML?)", line_text(1))
+    errors.report()
+    return examples
