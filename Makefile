@@ -42,10 +42,10 @@ test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
 test-fast: ## The tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/results/bench.md (hours)
+bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds on UIT-ViSFD and MAMS, speed -> benchmarks/results/bench.md (hours)
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
+bench-quick: ## The benchmark on both datasets, 1 seed, short runs (~15 min; not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
