@@ -139,13 +139,25 @@ def mean_of(cell: MeanStd | float) -> float:
 
 
 def recipe_targets(quality: Section, settings: DictConfig, quick: bool) -> list[Target]:
-    """Per dataset: the default recipe's time limit, and its gain over cross-entropy alone."""
+    """Per dataset: the default recipe's time limit, its gain over cross-entropy alone, and its
+    least metrics (`targets.default_at_least`)."""
     note = QUICK_NOTE if quick else ""
     gain = settings.targets.contrastive_pair_f1_gain
     targets = []
     for dataset in dict.fromkeys(row["dataset"] for row in quality.rows if row["row"] == "default"):
         default = quality.row(dataset=dataset, row="default")
         ce = quality.row(dataset=dataset, row="ce")
+        least = settings.targets.get("default_at_least", {}).get(dataset, {})
+        targets += [
+            Target(
+                f"{dataset}: default mean {metric} >= {value}",
+                mean_of(default[metric]),
+                ">=",
+                value,
+                note,
+            )
+            for metric, value in least.items()
+        ]
         targets += [
             Target(
                 f"{dataset}: default recipe, train.py wall time of the slowest seed (min)",
