@@ -9,7 +9,8 @@ Datasets are `datasets` in benchmarks/bench.yaml, each the train.py overrides th
 (`data=mams`); their folders are the presets' (`$ABSA_DATA_DIR`, `$ABSA_MAMS_DIR`, else data/,
 downloaded when missing). Runs the sections in the order svm, quality, speed, prints each table,
 then the targets (PASS/MISS) and the total time, and writes benchmarks/results/bench.md and
-bench.json (bench-quick.* in quick mode) with the machine, versions, seeds and git revision.
+bench.json (bench-quick.* in quick mode, *-partial.* with --only or --datasets) with the
+machine, versions, seeds and git revision.
 Knobs: benchmarks/bench.yaml.
 """
 
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("## Targets\n\n" + targets_table(targets) + "\n")
     env = environment(settings.seeds, args.quick)
     name = "bench-quick" if args.quick else "bench"
+    if args.only is not None or args.datasets is not None:
+        name += "-partial"  # a part of the benchmark leaves the whole one's files as they are
     md_path, json_path = write_results(list(sections.values()), env, total_seconds, name)
     print(f"total {total_seconds / 60:.1f} min; wrote {md_path} and {json_path}")
 
