@@ -43,7 +43,7 @@ bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/
 bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
-bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
+bench-predict: ## Comments/s at batch 64 on 2 threads (make bench-predict CKPT=path)
 	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))
 	$(PY) benchmarks/predict_throughput.py --ckpt "$(CKPT)" --comments "$(or $(ABSA_DATA_DIR),data/uit-visfd)/Test.csv"
 
