@@ -313,6 +313,7 @@ def main() -> None:
     args = parser.parse_args()
 
     comments = read_comments(args.comments, args.text_column)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="serve_load_") as folder:
         ckpt = args.ckpt or train_tiny_model(Path(folder))
         server = Server(ckpt, args.serve_overrides)
@@ -328,7 +329,8 @@ def main() -> None:
     print(
         f"absa-serve {' '.join(args.serve_overrides)} on {args.ckpt or 'a tiny model'}; "
         f"{args.seconds:g} s a run; one comment a request; a slow client sending 4 bytes every "
-        f"{1000 * args.slow_byte_delay_s:g} ms throughout\n"
+        f"{1000 * args.slow_byte_delay_s:g} ms throughout; {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs slow it down)\n"
     )
     print(table(rows) + "\n")
     checks = targets(rows, args.speedup, args.tail_ratio)

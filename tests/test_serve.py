@@ -272,3 +272,34 @@ def test_page_shows_the_aspects_in_headless_chromium(
     colours = {(227, 246, 229), (253, 230, 230), (255, 245, 214)}  # the three chip backgrounds
     pixels = Image.open(shot).convert("RGB").getdata()
     assert sum(p in colours for p in pixels) > 2000  # chips drawn, not only the DOM built
+
+
+def test_load_test_checks_its_targets_with_margins() -> None:
+    from benchmarks.serve_load import table, targets
+
+    def row(clients: int, rps: float, p50: float, p99: float, errors: int = 0) -> dict:
+        return {
+            "clients": clients,
+            "requests": 10,
+            "requests_per_s": rps,
+            "p50_ms": p50,
+            "p95_ms": p99,
+            "p99_ms": p99,
+            "max_ms": p99,
+            "comments_per_call": 1.0,
+            "errors": errors,
+            "error_examples": ["500"] * errors,
+            "stalled": 0,
+            "slow_client_requests": 3,
+            "slow_client_max_ms": 400.0,
+        }
+
+    good = [row(1, 100, 10, 20), row(16, 400, 10, 40)]
+    assert all(met for met, _ in targets(good, speedup=3, tail_ratio=5))
+    assert "16 clients: 4.00x the requests/s of 1 (target >= 3x; margin +33%)" in [
+        line for _, line in targets(good, 3, 5)
+    ]
+    bad = [row(1, 100, 10, 20), row(16, 250, 10, 60, errors=1)]
+    missed = [line for met, line in targets(bad, 3, 5) if not met]
+    assert len(missed) == 3 and "2.50x" in missed[0] and "6.00x p50" in missed[1]
+    assert table(good).count("\n") == 3  # header, rule, two rows
