@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
@@ -60,6 +61,7 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000
     max_texts_per_request: int = 256
     max_comment_chars: int = 5000
+    headers_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     keep_alive_s: int = 5
     max_connections: int = 512
@@ -379,6 +381,44 @@ def create_app(predictor: AspectSentimentPredictor, settings: ServeSettings) -> 
     return app
 
 
+class HeadersTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline on each request's headers, which uvicorn lacks: a
+    connection that sends nothing, or trickles its headers, is closed after `headers_timeout_s`
+    (the body has its own, `body_timeout_s`; an idle kept-alive one, `keep_alive_s`)."""
+
+    headers_timeout_s = 10.0
+    _headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_headers_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_headers_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_headers_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_headers_timer()
+        super().connection_lost(exc)
+
+    def _arm_headers_timer(self) -> None:
+        self._disarm_headers_timer()
+        self._headers_timer = self.loop.call_later(self.headers_timeout_s, self._headers_too_slow)
+
+    def _disarm_headers_timer(self) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+
+    def _headers_too_slow(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 class PredictionServer:
     """`create_app` on uvicorn, on a socket bound at once (port 0: a free one; see `url`).
 
@@ -389,9 +429,14 @@ class PredictionServer:
     def __init__(self, predictor: AspectSentimentPredictor, settings: ServeSettings):
         self.app = create_app(predictor, settings)
         self.socket = socket.create_server((settings.host, settings.port), backlog=settings.backlog)
+        protocol = type(
+            "HeadersTimeoutProtocol",
+            (HeadersTimeoutProtocol,),
+            {"headers_timeout_s": settings.headers_timeout_s},
+        )
         config = uvicorn.Config(
             self.app,
-            http="httptools",
+            http=protocol,
             loop="asyncio",
             lifespan="on",
             timeout_keep_alive=settings.keep_alive_s,

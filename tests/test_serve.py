@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ def start_server(predictor: AspectSentimentPredictor, **settings) -> PredictionS
 
 @pytest.fixture(scope="module")
 def server(predictor: AspectSentimentPredictor) -> Iterator[PredictionServer]:
-    server = start_server(predictor, body_timeout_s=1.0)
+    server = start_server(predictor, body_timeout_s=1.0, headers_timeout_s=1.0)
     yield server
     server.stop()
 
@@ -164,6 +165,15 @@ def test_a_short_body_times_out_with_408_and_stalls_no_one(server: PredictionSer
     slow.join(TIMEOUT_S)
     assert order == ["other client", "short body: HTTP/1.1 408 Request Timeout"]
     assert post_json(server, {"texts": COMMENTS[:1]})[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /predict HTTP/1.1\r\nHo"])
+def test_a_connection_without_whole_headers_is_closed_after_headers_timeout_s(
+    server: PredictionServer, sent: bytes
+) -> None:
+    start = time.monotonic()
+    assert raw_exchange(server, sent) == b""  # closed, unanswered: nothing to answer yet
+    assert 0.9 <= time.monotonic() - start < TIMEOUT_S
 
 
 def test_concurrent_requests_are_merged_into_fewer_forward_calls(
