@@ -243,8 +243,10 @@ def record_predictions(predictor: AspectSentimentPredictor) -> Callable[[list[st
 
 async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     """The request's body, at most `max_bytes`, arrived within `timeout_s` (413, 408 if not)."""
-    declared = request.headers.get("content-length")  # the HTTP parser has checked it is >= 0
-    if declared is not None and int(declared) > max_bytes:
+    declared = request.headers.get("content-length", "0")  # the HTTP parser checked it is >= 0
+    if not declared.isdigit():
+        raise RequestError(400, f"Content-Length {declared!r} is not a number of bytes", True)
+    if int(declared) > max_bytes:
         raise RequestError(413, f"body of {declared} bytes; at most {max_bytes}", close=True)
 
     async def read() -> bytes:
