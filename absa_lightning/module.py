@@ -13,7 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from absa_lightning.balancers import LossBalancer
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
 
@@ -81,8 +81,8 @@ class AspectSentimentModule(L.LightningModule):
         self.focal, self.contrastive, self.balancer = focal, contrastive, balancer
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.check_finite = check_finite
-        self.val_scores = AspectSentimentScores(len(aspects), len(polarities))
-        self.test_scores = AspectSentimentScores(len(aspects), len(polarities))
+        self.val_scores = AspectConfusionMatrix(len(aspects), len(polarities))
+        self.test_scores = AspectConfusionMatrix(len(aspects), len(polarities))
         self.val_pair_f1_best = MaxMetric()
         # Evaluation losses as metrics: their weighted sums add up over DDP processes, which may
         # hold different numbers of comments (Lightning's own mean of logged values averages the

@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from absa_lightning import report
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
+from absa_lightning.config import CONF_DIR
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.module import AspectSentimentModule
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
 
 def focal_alpha(alpha, class_counts: torch.Tensor) -> list[float] | None:
@@ -157,7 +157,9 @@ def train(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:  # every DDP process gets here with the same (synced) metrics
-        report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
+        report.print_per_aspect_table(
+            per_aspect, title=f"{datamodule.test_split} split, per aspect"
+        )
         run_dir.mkdir(parents=True, exist_ok=True)  # fast_dev_run writes nothing else there
         report.write_json(run_dir / "metrics.json", metrics)
         log.info("test: %s", {k: round(v, 4) for k, v in test.items()})

@@ -10,8 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from absa_lightning import config
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = Path(config.CONF_DIR)  # importing config registers conf/'s resolvers
 DATA_DIR = Path(os.environ.get("ABSA_DATA_DIR", REPO.parent / "shared/data/uit-visfd"))
 
 needs_real_data = pytest.mark.skipif(

@@ -12,7 +12,7 @@ import pytest
 from conftest import QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 from benchmarks import bench, quality, svm_baseline
 from benchmarks.results import MeanStd, Section, Target, environment, load_settings, write_results
 
@@ -60,7 +60,7 @@ def test_svm_baseline_learns_a_separable_toy_with_C_chosen_on_dev(toy_visfd: Pat
         assert set(dev_f1) == set(grid)
         assert dev_f1[result.C[aspect]] == max(dev_f1.values())
     # Scored by the project's metric on the test label matrix, and far above chance.
-    metric = AspectSentimentScores(num_aspects=2, num_polarities=3)
+    metric = AspectConfusionMatrix(num_aspects=2, num_polarities=3)
     metric.update(result.predictions, splits.test.labels)
     assert result.scores == {k: float(v) for k, v in metric.compute().items()}
     assert result.scores["pair_f1"] > 0.9

@@ -115,7 +115,7 @@ def test_eval_reproduces_the_test_metrics_of_the_checkpoint(
             "eval.py",
             f"ckpt_path={metrics['best_checkpoint']}",
             f"data.root={small_visfd}",
-            "data.split=test",
+            "data.test_split=test",
             f"hydra.run.dir={tmp_path}",
             "+trainer.enable_progress_bar=false",
         )

@@ -76,7 +76,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         download: dict | None = None,
         preprocess: Callable[[str], str] | None = None,
         on_error: OnError = "raise",
-        split: str = "test",
+        test_split: str = "test",
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -87,15 +87,15 @@ class AspectSentimentDataModule(L.LightningDataModule):
         super().__init__()
         if set(files) != set(SPLITS):
             raise ValueError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
-        if split not in SPLITS:
-            raise ValueError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
+        if test_split not in SPLITS:
+            raise ValueError(f"data.test_split must be one of {list(SPLITS)}, got {test_split!r}")
         self.root = Path(root).expanduser()
         self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
         self.reader, self.preprocess, self.download = reader, preprocess, download
         self.polarities = list(polarities)
         self.aspects = list(aspects) if aspects else None
-        self.on_error, self.split = on_error, split
+        self.on_error, self.test_split = on_error, test_split
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
@@ -108,7 +108,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         ensure_dataset(self.root, list(self.files.values()), **(self.download or {}))
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(stage or "fit", [self.split])
+        needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(
+            stage or "fit", [self.test_split]
+        )
         if self.aspects is None:
             self.aspects = sorted({a for ex in self._read("train") for a in ex.labels})
             log.info("aspects from %s: %s", self.paths["train"], self.aspects)
@@ -147,7 +149,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(
-            self.split, batch_size=self.eval_batch_size, sampler=self._eval_sampler(self.split)
+            self.test_split,
+            batch_size=self.eval_batch_size,
+            sampler=self._eval_sampler(self.test_split),
         )
 
     def _eval_sampler(self, split: str) -> Sampler | None:
