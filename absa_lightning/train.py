@@ -23,6 +23,7 @@ from absa_lightning.checkpointing import resume_checkpoint
 from absa_lightning.config import CONF_DIR
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.module import AspectSentimentModule
+from absa_lightning.pretraining import masked_lm_pretraining
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,16 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
     datamodule.prepare_data()
     datamodule.setup("fit")
     tokenizer, encoder = instantiate(cfg.model.encoder)(texts=datamodule.train_texts())
+    pretraining = dict(cfg.model.get("pretraining") or {})
+    if pretraining.get("epochs", 0) > 0:
+        stage = instantiate(
+            cfg.trainer,
+            max_epochs=pretraining.pop("epochs"),
+            callbacks=[],
+            logger=False,
+            enable_checkpointing=False,
+        )
+        masked_lm_pretraining(tokenizer, encoder, datamodule.train_texts(), stage, **pretraining)
     datamodule.set_tokenizer(tokenizer)
     aspects, polarities = datamodule.aspects, datamodule.polarities
     net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **cfg.model.head)
