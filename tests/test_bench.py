@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
@@ -231,6 +232,15 @@ def test_every_row_of_the_bench_composes_with_train_yaml(quick: bool, tmp_path: 
             "seed=1",
         ]
         cfg = compose_train(list(overrides), tmp_path)
-        assert cfg.seed == 1
+        for override in row.overrides:  # each row's change reaches the config train.py gets
+            key, value = override.split("=")
+            if "/" in key:  # a config group: its option's target
+                assert (
+                    OmegaConf.select(cfg, key.replace("/", "."))
+                    ._target_.lower()
+                    .startswith(f"absa_lightning.balancers.{value}")
+                )
+            else:
+                assert OmegaConf.select(cfg, key) == yaml.safe_load(value), override
     if quick:
         assert cfg.trainer.limit_train_batches == 0.25

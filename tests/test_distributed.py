@@ -248,7 +248,7 @@ def test_submitit_local_sweep_runs_each_job(small_visfd: Path, tmp_path: Path) -
             *TINY,
             *QUIET,
             f"data.root={small_visfd}",
-            "+trainer.fast_dev_run=true",
+            "debug=fdr",
             f"hydra.sweep.dir={tmp_path}",
         )
     )
