@@ -10,19 +10,18 @@ uses: `data.aspects`, else the sorted aspects of the training split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from absa_lightning import report
 from absa_lightning.config import CONF_DIR
-from absa_lightning.data import DataError, Example, read_jsonl
+from absa_lightning.data import DataError, read_jsonl
+from absa_lightning.data.datamodule import label_matrix
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.module import AspectSentimentModule
 
@@ -51,21 +50,6 @@ def run_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], d
     return {"checkpoint": str(ckpt_path), "split": datamodule.test_split}, metrics, per_aspect
 
 
-def label_matrix(
-    examples: Sequence[Example], aspects: Sequence[str], polarities: Sequence[str], path: Path
-) -> torch.Tensor:
-    """(N, A) classes, 0 = absent, 1 + polarity index; an aspect outside `aspects` is an error."""
-    column = {a: i for i, a in enumerate(aspects)}
-    polarity = {p: 1 + i for i, p in enumerate(polarities)}
-    labels = torch.zeros(len(examples), len(aspects), dtype=torch.long)
-    for row, ex in enumerate(examples):
-        for aspect, pol in ex.labels.items():
-            if aspect not in column:
-                raise DataError(path, ex.line, f"aspect {aspect!r} not in {list(aspects)}", ex.text)
-            labels[row, column[aspect]] = polarity[pol]
-    return labels
-
-
 def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
     """What was scored, the metrics and the per-aspect rows of `cfg.predictions` against the
     split's gold labels. The predictions must be of the split's comments, in its order."""
@@ -87,9 +71,12 @@ def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float]
             raise DataError(path, ex.line, problem, ex.text)
 
     scores = AspectConfusionMatrix(len(datamodule.aspects), len(datamodule.polarities))
-    scores.update(
-        label_matrix(predicted, datamodule.aspects, datamodule.polarities, path), gold.labels
-    )
+    labels, outside = label_matrix(predicted, datamodule.aspects, datamodule.polarities)
+    if outside:
+        row, aspect = next(iter(outside.items()))
+        ex = predicted[row]
+        raise DataError(path, ex.line, f"aspect {aspect!r} not in {datamodule.aspects}", ex.text)
+    scores.update(labels, gold.labels)
     metrics = {f"test/{k}": float(v) for k, v in sorted(scores.compute().items())}
     per_aspect = report.per_aspect_rows(datamodule.aspects, scores.per_aspect())
     return {"predictions": str(path), "split": split}, metrics, per_aspect

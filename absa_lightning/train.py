@@ -97,9 +97,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
     net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **cfg.model.head)
 
     alpha = focal_alpha(cfg.loss.focal.get("alpha"), datamodule.class_counts())
-    recipe = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, ["loss", "optimizer", "scheduler"]), resolve=True
-    )
+    recipe = {  # for the record (hparams.yaml, checkpoints): plain data, never built again
+        key: OmegaConf.to_container(cfg[key], resolve=True) if cfg[key] else None
+        for key in ("loss", "optimizer", "scheduler")
+    }
     recipe["loss"]["focal"]["alpha"] = alpha
     model = AspectSentimentModule(
         net,
