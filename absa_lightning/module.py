@@ -19,6 +19,7 @@ from absa_lightning.report import LOSS_KEYS
 
 # Parts of a training module that a network loaded for inference does not have.
 TRAINING_ONLY_STATE = ("balancer.", "focal.", "contrastive.")
+RECIPE_KEYS = ("loss", "optimizer", "scheduler")  # in hparams for the record, never built
 
 
 def _loss_means() -> nn.ModuleDict:
@@ -40,9 +41,9 @@ class AspectSentimentModule(L.LightningModule):
     (`from_checkpoint`) has the network only: it predicts, validates and tests (scores, no losses).
 
     `hparams` is plain data: what rebuilds the network (aspects, polarities, head settings), how
-    comments are cut and prepared (`max_length`, `preprocess`, as training did) and the recipe
-    (`recipe`: loss, optimizer, scheduler settings, for the record only). The checkpoint adds
-    the encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
+    comments are cut and prepared (`max_length`, `preprocess`, as training did) and the recipe's
+    `loss`, `optimizer` and `scheduler` settings (for the record only). The checkpoint adds the
+    encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
     neither the hub nor the training data.
     """
 
@@ -73,7 +74,7 @@ class AspectSentimentModule(L.LightningModule):
                 "max_length": max_length,
                 "preprocess": preprocess,
                 "encoder_lr": encoder_lr,
-                "recipe": recipe or {},
+                **(recipe or {}),
             }
         )
         self.tokenizer = tokenizer
@@ -113,8 +114,7 @@ class AspectSentimentModule(L.LightningModule):
             max_length=settings.get("max_length", 128),
             preprocess=settings.get("preprocess"),
             encoder_lr=settings.get("encoder_lr"),
-            recipe=settings.get("recipe")
-            or {k: settings[k] for k in ("loss", "optimizer", "scheduler") if k in settings},
+            recipe={k: settings[k] for k in RECIPE_KEYS if k in settings},
         )
         state = checkpoint["state_dict"]
         state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_STATE)}

@@ -147,13 +147,11 @@ def test_checkpoints_from_before_the_balancer_still_load(rule_run, tmp_path):
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     for key in [k for k in checkpoint["state_dict"] if k.startswith("balancer.")]:
         del checkpoint["state_dict"][key]
-    settings = checkpoint["hyper_parameters"]
-    settings.update(settings.pop("recipe"))  # loss, optimizer, scheduler at the top level
-    del settings["loss"]["balancer"]
+    del checkpoint["hyper_parameters"]["loss"]["balancer"]
     torch.save(checkpoint, tmp_path / "old.ckpt")
     model = AspectSentimentModule.from_checkpoint(tmp_path / "old.ckpt")
     assert model.balancer is None  # loaded for inference: the network only
-    assert model.hparams.recipe["loss"]["focal_weight"] == 0.8
+    assert model.hparams.loss["focal_weight"] == 0.8
 
 
 def test_uncertainty_weights_are_trained(small_visfd: Path, tmp_path: Path):

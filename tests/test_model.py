@@ -140,7 +140,7 @@ def test_a_loaded_module_has_the_network_only(tmp_path: Path) -> None:
     """Loading for inference builds no loss, balancer or optimizer, whatever the file names."""
     module = module_for(*tiny_encoder())
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    checkpoint["hyper_parameters"]["recipe"] = {"loss": {"balancer": {"_target_": "builtins.exit"}}}
+    checkpoint["hyper_parameters"]["loss"] = {"balancer": {"_target_": "builtins.exit"}}
     module.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "model.ckpt")
     loaded = AspectSentimentModule.from_checkpoint(tmp_path / "model.ckpt")
