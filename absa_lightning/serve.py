@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -42,10 +41,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 PAGE = files("absa_lightning") / "static" / "index.html"
 
 
