@@ -3,7 +3,7 @@
     python -m benchmarks.serve_load [--ckpt PATH]      # or: make bench-serve [CKPT=path]
 
 Starts `absa-serve` (conf/serve.yaml's defaults) on 127.0.0.1 in its own process, with `--ckpt`
-or a tiny model trained for the purpose (`model=tiny`, a few batches: its speed, not its
+or a tiny model trained for the purpose (`model=tiny debug=limit`: its speed, not its
 quality, is what is measured). Then, for each number of clients, that many kept-alive
 connections each send one comment a request, one request after another, for `--seconds` or
 `--requests` per client, whichever ends first; a slow client sends its body a few bytes at a
@@ -44,10 +44,7 @@ FALLBACK_COMMENTS = [
 ]
 TINY_TRAINING = [
     "model=tiny",
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=8",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
+    "debug=limit",
     "~callbacks.progress_bar",
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
