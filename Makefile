@@ -45,7 +45,7 @@ test-fast: ## The tests not marked slow
 bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds on UIT-ViSFD and MAMS, speed -> benchmarks/results/bench.md (hours)
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-quick: ## The benchmark on both datasets, 1 seed, short runs (~15 min; not comparable) -> bench-quick.md
+bench-quick: ## The benchmark on both datasets, 1 seed, short runs (minutes; not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads (make bench-predict CKPT=path)
