@@ -383,7 +383,7 @@ def test_trains_through_the_config(e5_folder: Path, small_visfd: Path, tmp_path:
             "data.max_length=32",
             "data.batch_size=8",
             "data.eval_batch_size=8",
-            "+trainer.fast_dev_run=true",
+            "debug=fdr",
         ],
         tmp_path,
     )
