@@ -10,6 +10,7 @@ import csv
 import ctypes
 import html
 import json
+import os
 import re
 import shutil
 import struct
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, QUIET, compose_train
+from conftest import DATA_DIR, QUIET, REPO, compose_train
 
 from absa_lightning.models import encoder_from_spec, encoder_spec, pretrained
 from absa_lightning.models.e5 import (
@@ -33,7 +34,8 @@ from absa_lightning.models.e5 import (
     read_e5_file,
 )
 
-MAMS_DIR = Path("/work/shared/data/mams-acsa")
+# As the mams branch's conftest finds it: $ABSA_MAMS_DIR, else beside the checkout.
+MAMS_DIR = Path(os.environ.get("ABSA_MAMS_DIR", REPO.parent / "shared/data/mams-acsa"))
 HAND_WRITTEN = [
     "Màn hình đẹp, pin trâu nhưng camera hơi mờ",
     "  hai   khoảng trắng ở đầu và giữa ",
