@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from absa_lightning.checkpointing import read_checkpoint
 from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
@@ -103,7 +104,7 @@ class AspectSentimentModule(L.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> AspectSentimentModule:
         """The trained module from a checkpoint alone: no hub, no data, no pickled code."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_checkpoint(path, map_location)
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
         module = cls(encoder, tokenizer, **checkpoint["hyper_parameters"])
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)

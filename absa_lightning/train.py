@@ -74,7 +74,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
         encoder_lr=cfg.model.encoder_lr,
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
         max_length=cfg.data.max_length,
-        preprocess=OmegaConf.to_container(cfg.data.preprocess) if cfg.data.preprocess else None,
+        preprocess=datamodule.preprocess_spec,
     )
     return datamodule, model
 

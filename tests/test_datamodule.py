@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from absa_lightning.data import AspectSentimentDataModule, DataError, read_csv, read_jsonl
 from absa_lightning.data.download import DatasetNotFoundError
 from absa_lightning.data.formats import split_label_string
+from absa_lightning.data.preprocess import PREPROCESSORS
 from absa_lightning.models import scratch_bert
 
 FILES = {"train": "Train.csv", "dev": "Dev.csv", "test": "Test.csv"}
@@ -273,14 +274,16 @@ def test_split_must_be_a_known_split(tmp_path: Path, split: str) -> None:
     assert repr(split) in str(info.value)
 
 
-def test_jsonl_reader_and_preprocess(tmp_path: Path) -> None:
+def test_jsonl_reader_and_preprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, rows in {"train": TRAIN, "dev": DEV, "test": TEST}.items():
         with open(tmp_path / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for text, label in rows:
                 pairs = [{"aspect": a, "polarity": p} for a, p in split_label_string(label)]
                 f.write(json.dumps({"text": text, "labels": pairs}, ensure_ascii=False) + "\n")
     files = {name: f"{name}.jsonl" for name in FILES}
-    dm = datamodule(tmp_path, files=files, reader=read_jsonl, preprocess=str.upper)
+    monkeypatch.setitem(PREPROCESSORS, "upper", str.upper)
+    dm = datamodule(tmp_path, files=files, reader=read_jsonl, preprocess="upper")
+    assert dm.preprocess_spec == {"name": "upper"}  # what the checkpoint keeps
     dm.setup("fit")
     assert dm.aspects == ["BATTERY", "CAMERA", "SCREEN"]
     assert dm.datasets["train"].texts == [text.upper() for text, _ in TRAIN]

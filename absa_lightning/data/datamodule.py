@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
+from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         polarities: Sequence[str] = ("Positive", "Negative", "Neutral"),
         aspects: Sequence[str] | None = None,
         download: dict | None = None,
-        preprocess: Callable[[str], str] | None = None,
+        preprocess: str | Mapping[str, Any] | None = None,
         on_error: OnError = "raise",
         split: str = "test",
         max_length: int = 128,
@@ -92,7 +94,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser()
         self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
-        self.reader, self.preprocess, self.download = reader, preprocess, download
+        self.reader, self.download = reader, download
+        self.preprocess_spec = preprocess_spec(preprocess)  # what checkpoints keep: plain data
+        self.preprocess = build_preprocess(self.preprocess_spec)
         self.polarities = list(polarities)
         self.aspects = list(aspects) if aspects else None
         self.on_error, self.split = on_error, split
