@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from absa_lightning.data.preprocess import preprocess_spec
 from absa_lightning.errors import AbsaUserError
+from absa_lightning.files import atomic_open
 
 __all__ = ["AtomicCheckpointIO", "RandomStateCheckpoint", "read_checkpoint", "resume_checkpoint"]
 
@@ -49,22 +48,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A dot name that is no *.ckpt: never taken for a checkpoint (ckpt_path=last, resume=auto).
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(partial, "xb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # the rename itself
-        finally:
-            os.close(folder)
+        with atomic_open(target, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 class RandomStateCheckpoint(Callback):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from absa_lightning import report
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
+from absa_lightning.errors import check_arguments, reports_user_errors
 from absa_lightning.module import AspectSentimentModule, check_loss_weights
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
 
 def train(cfg: DictConfig) -> dict:
     """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
+    for group in ("trainer", "data"):  # before the data loads: a bad value fails in seconds
+        check_arguments(cfg[group], group)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.output_dir)
     datamodule, model = build(cfg)
@@ -132,6 +135,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@reports_user_errors
 def main(cfg: DictConfig) -> float | None:
     """The value a sweeper optimises: `optimized_metric` of the best validation epoch."""
     return train(cfg)["best_val"].get(cfg.optimized_metric)

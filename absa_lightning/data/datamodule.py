@@ -17,6 +17,7 @@ from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
 from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
+from absa_lightning.errors import AbsaUserError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,23 @@ class AspectSentimentDataset(Dataset):
         return i, self.token_ids[i], self.labels[i]
 
 
+def read_aspects_file(path: str | Path | None) -> list[str] | None:
+    """`data.aspects_file`: one aspect a line (names may hold `#`, `&`, spaces); blank lines
+    are ignored."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AbsaUserError("no such file", f"data.aspects_file={path}", "check the path")
+    aspects = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    aspects = [a for a in aspects if a]
+    if not aspects or len(set(aspects)) != len(aspects):
+        raise AbsaUserError(
+            "no aspects, or one twice", f"data.aspects_file={path}", "write one aspect a line"
+        )
+    return aspects
+
+
 class AspectSentimentDataModule(L.LightningDataModule):
     """Reads the splits, fixes the aspect list, and batches comments with the encoder's tokenizer.
 
@@ -75,6 +93,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         reader: Reader,
         polarities: Sequence[str] = ("Positive", "Negative", "Neutral"),
         aspects: Sequence[str] | None = None,
+        aspects_file: str | Path | None = None,
         download: dict | None = None,
         preprocess: str | Mapping[str, Any] | None = None,
         on_error: OnError = "raise",
@@ -88,9 +107,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if set(files) != set(SPLITS):
-            raise ValueError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
+            raise AbsaUserError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
         if split not in SPLITS:
-            raise ValueError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
+            raise AbsaUserError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
         self.root = Path(root).expanduser()
         self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
@@ -98,7 +117,14 @@ class AspectSentimentDataModule(L.LightningDataModule):
         self.preprocess_spec = preprocess_spec(preprocess)  # what checkpoints keep: plain data
         self.preprocess = build_preprocess(self.preprocess_spec)
         self.polarities = list(polarities)
-        self.aspects = list(aspects) if aspects else None
+        self.aspects = list(aspects) if aspects else read_aspects_file(aspects_file)
+        self.aspects_from = (
+            "data.aspects"
+            if aspects
+            else "data.aspects_file"
+            if aspects_file
+            else "the train split's"
+        )
         self.on_error, self.split = on_error, split
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -192,7 +218,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
         for ex in examples:
             unknown = sorted(set(ex.labels) - set(column))
             if unknown:
-                errors.bad_row(ex.line, f"aspect {unknown[0]!r} not in the aspect list", ex.text)
+                problem = f"aspect {unknown[0]!r} not in the aspect list ({self.aspects_from})"
+                errors.bad_row(ex.line, problem, ex.text, self._unknown_aspect_fix(unknown))
                 continue
             row = [0] * len(column)
             for aspect, pol in ex.labels.items():
@@ -201,9 +228,17 @@ class AspectSentimentDataModule(L.LightningDataModule):
             rows.append(row)
         errors.report()
         if not kept:
-            raise ValueError(f"{self.paths[split]}: no usable comments")
+            raise AbsaUserError("no usable comments", str(self.paths[split]))
         labels = torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column))
         return AspectSentimentDataset(kept, labels)
+
+    def _unknown_aspect_fix(self, unknown: list[str]) -> str:
+        every = ",".join(f'"{a}"' for a in [*(self.aspects or []), *unknown])
+        return (
+            f"list every aspect in the config, 'data.aspects=[{every}]' (quoted so that Hydra "
+            "keeps # and &), or give data.aspects_file=FILE, one aspect a line; or leave such "
+            "rows out with data.on_error=skip"
+        )
 
     def _encoded(self, split: str) -> AspectSentimentDataset:
         if self.tokenizer is None:
