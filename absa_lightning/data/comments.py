@@ -47,7 +47,7 @@ def read_csv_comments(path: str | Path, text_column: str | None = None) -> Comme
             path,
             1,
             f"no {wanted} in the header {header}",
-            "",
+            None,
             "name the column of comments (absa-predict --text-column NAME)",
         )
     column = header.index(text_column)

@@ -31,10 +31,17 @@ class DataError(AbsaUserError):
     """A bad row, located: `file:line: problem: 'offending text'; what to do`."""
 
     def __init__(
-        self, path: str | Path, line: int, problem: str, text: str, fix: str | None = None
+        self,
+        path: str | Path,
+        line: int,
+        problem: str,
+        text: str | None,
+        fix: str | None = None,
     ):
-        self.path, self.line, self.problem, self.text = str(path), line, problem, text
-        super().__init__(f"{problem}: {_shown(text)}" if text else problem, f"{path}:{line}", fix)
+        """`text`: the offending text, None where there is none to show."""
+        self.path, self.line, self.problem, self.text = str(path), line, problem, text or ""
+        what = problem if text is None else f"{problem}: {_shown(text)}"
+        super().__init__(what, f"{path}:{line}", fix)
 
 
 def _shown(text: str, limit: int = 200) -> str:
@@ -230,7 +237,7 @@ def csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
                         f"a field from here on is over {CSV_FIELD_LIMIT:,} characters: look for a "
                         'quote (") that is opened and never closed'
                     )
-                raise DataError(path, start, f"not valid CSV ({err})", "", fix) from None
+                raise DataError(path, start, f"not valid CSV ({err})", None, fix) from None
             finally:
                 csv.field_size_limit(limit)
             yield start, values
