@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,12 @@ def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, resume: Resume
     """
     if resume not in RESUME_CHOICES:
         raise ValueError(f"resume must be one of {list(RESUME_CHOICES)}, got {resume!r}")
+    if ckpt_path is not None and Path(ckpt_path).is_file() and not zipfile.is_zipfile(ckpt_path):
+        raise AbsaUserError(  # torch.save writes a zip archive: a cut one has no directory
+            "not a readable checkpoint, cut off or of another kind",
+            f"ckpt_path={ckpt_path}",
+            "copy the file again, or resume from another checkpoint of the run",
+        )
     if ckpt_path is not None or resume == "never":
         return ckpt_path
     run_dir = Path(run_dir)

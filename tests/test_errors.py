@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import QUIET, REPO, TINY
 
-from absa_lightning.checkpointing import read_checkpoint
+from absa_lightning.checkpointing import read_checkpoint, resume_checkpoint
 from absa_lightning.errors import AbsaUserError, check_arguments, printable, report_user_error
 
 
@@ -44,6 +44,15 @@ def test_a_cut_checkpoint_names_its_file(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, path)
     with pytest.raises(AbsaUserError, match=rf"{path}: not a checkpoint of train.py"):
         read_checkpoint(path)
+
+
+def test_resuming_from_a_cut_checkpoint_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    assert resume_checkpoint(tmp_path, str(path), "auto") == str(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(AbsaUserError, match=rf"ckpt_path={path}: not a readable checkpoint"):
+        resume_checkpoint(tmp_path, str(path), "auto")
 
 
 def test_the_line_goes_to_stderr_and_the_log_file(
