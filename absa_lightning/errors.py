@@ -19,8 +19,6 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-log = logging.getLogger(__name__)
-
 USER_ERROR_STATUS = 2  # as argparse and most command-line tools exit on bad usage
 F = TypeVar("F", bound=Callable[..., Any])
 
