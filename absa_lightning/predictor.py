@@ -391,6 +391,4 @@ def load_predictor(path: str | Path, **options: Any) -> AspectSentimentPredictor
         return AspectSentimentPredictor.from_pretrained(path, **options)
     if path.is_file():
         return AspectSentimentPredictor.from_checkpoint(path, **options)
-    raise AbsaUserError(
-        "no such checkpoint file or exported folder", f"ckpt={path}", "check the path"
-    )
+    raise AbsaUserError("no such checkpoint file or exported folder", str(path), "check the path")
