@@ -6,6 +6,10 @@
 - `resume_checkpoint` picks the checkpoint a run restarts from (`resume=auto`).
 - `read_checkpoint` loads one to predict or evaluate with: tensors and plain data only (no
   pickled code), the preprocessing checked against the project's own functions.
+
+Kept beside Lightning's own: its `_atomic_save` is not atomic across file systems (below), it
+restores no random state, and its `ckpt_path="last"` ignores the SLURM hpc checkpoints while its
+SLURM auto-resume ignores `last.ckpt`: `resume_checkpoint` takes the newer of the two.
 """
 
 from __future__ import annotations
