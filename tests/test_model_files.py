@@ -139,3 +139,18 @@ def test_preprocess_by_name_with_arguments() -> None:
     assert build_preprocess(None) is None
     nfd = build_preprocess({"name": "normalize_unicode", "form": "NFD"})
     assert nfd("ầ") == "a\u0302\u0300"
+
+
+def test_the_recipe_in_a_checkpoint_is_a_record_never_built(tiny_run: dict, tmp_path: Path) -> None:
+    """Loss, balancer, optimizer settings are kept for the record; loading builds none of them."""
+    target = tmp_path / "written"
+    checkpoint = torch.load(tiny_run["best_checkpoint"], weights_only=True)
+    settings = checkpoint["hyper_parameters"]
+    attack = attacks(target)[1]
+    settings["loss"] = {**settings.get("loss", {}), "focal": attack, "contrastive": attack}
+    settings["optimizer"] = {**attack, "_partial_": True}
+    torch.save(checkpoint, tmp_path / "shared.ckpt")
+    predictor = load_predictor(tmp_path / "shared.ckpt")
+    assert predictor.predict(["pin trâu"])  # it loads and predicts
+    AspectSentimentModule.from_checkpoint(tmp_path / "shared.ckpt")
+    assert not target.exists()
