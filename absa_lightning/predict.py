@@ -189,8 +189,9 @@ def gather_comments(args: argparse.Namespace, stdin: TextIO) -> tuple[Comments, 
     return read_comments(args.input, args.text_column, args.text_field), str(args.input), "line(s)"
 
 
-def predict(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> list[CommentPrediction]:
-    """The predictions of the comments `args` gives; written to `args.output` or printed."""
+def predict(args: argparse.Namespace, stdin: TextIO | None = None) -> list[CommentPrediction]:
+    """The predictions of the comments `args` gives (`stdin`: standard input); written to
+    `args.output` or printed."""
     if args.batch_size < 1:
         raise AbsaUserError(f"--batch-size {args.batch_size}", fix="give a number >= 1")
     to_stdout = args.output is not None and str(args.output) == "-"
@@ -204,7 +205,7 @@ def predict(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> list[Comment
             )
         if not os.access(folder, os.W_OK):
             raise AbsaUserError(f"cannot write into {folder}", f"--output {args.output}")
-    comments, source, unit = gather_comments(args, stdin)
+    comments, source, unit = gather_comments(args, stdin or sys.stdin)
     if comments.blank_lines:
         shown = ", ".join(map(str, comments.blank_lines[:10]))
         more = "…" if len(comments.blank_lines) > 10 else ""
