@@ -14,11 +14,13 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from xml.parsers import expat
+
+from absa_lightning.errors import AbsaUserError, printable
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +28,25 @@ OnError = Literal["raise", "skip"]
 _LABEL_ITEM = re.compile(r"\{([^{}]*)\}")
 
 
-class DataError(ValueError):
-    """A bad row, located: `file:line: problem: 'offending text'`."""
+class DataError(AbsaUserError):
+    """A bad row, located: `file:line: problem: 'offending text'; what to do`."""
 
-    def __init__(self, path: str | Path, line: int, problem: str, text: str):
-        self.path, self.line, self.problem, self.text = str(path), line, problem, text
-        shown = text if len(text) <= 200 else text[:200] + "…"
-        super().__init__(f"{path}:{line}: {problem}: {shown!r}")
+    def __init__(
+        self,
+        path: str | Path,
+        line: int,
+        problem: str,
+        text: str | None,
+        fix: str | None = None,
+    ):
+        """`text`: the offending text, None where there is none to show."""
+        self.path, self.line, self.problem, self.text = str(path), line, problem, text or ""
+        what = problem if text is None else f"{problem}: {_shown(text)}"
+        super().__init__(what, f"{path}:{line}", fix)
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 @dataclass(frozen=True)
@@ -44,25 +58,39 @@ class Example:
 
 @dataclass
 class RowErrors:
-    """Raise on the first bad row, or count skipped rows by reason (`on_error="skip"`)."""
+    """Raise on the first bad row, or skip it (`on_error="skip"`): the report gives the count
+    per reason and the first `SHOWN` skipped rows, each `file:line: problem: text`."""
+
+    SHOWN = 20
 
     path: Path
     on_error: OnError = "raise"
     skipped: Counter[str] = field(default_factory=Counter)
+    rows: list[str] = field(default_factory=list)  # the first SHOWN, located
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+            raise AbsaUserError(
+                f"data.on_error={self.on_error!r}",
+                fix="use raise (stop at the first bad row) "
+                "or skip (leave bad rows out and list them)",
+            )
 
-    def bad_row(self, line: int, problem: str, text: str) -> None:
+    def bad_row(self, line: int, problem: str, text: str, fix: str | None = None) -> None:
         if self.on_error == "raise":
-            raise DataError(self.path, line, problem, text)
+            raise DataError(self.path, line, problem, text, fix)
         self.skipped[problem.split(" (")[0]] += 1
+        if len(self.rows) < self.SHOWN:
+            self.rows.append(f"{self.path}:{line}: {problem}: {printable(_shown(text, 80))}")
 
     def report(self) -> None:
-        if self.skipped:
-            reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
-            log.warning("%s: skipped %d rows (%s)", self.path, self.skipped.total(), reasons)
+        if not self.skipped:
+            return
+        total = self.skipped.total()
+        reasons = ", ".join(f"{n} {why}" for why, n in self.skipped.most_common())
+        shown = "".join(f"\n  {row}" for row in self.rows)
+        more = f"\n  … and {total - len(self.rows)} more" if total > len(self.rows) else ""
+        log.warning("%s: skipped %d rows (%s):%s%s", self.path, total, reasons, shown, more)
 
 
 def parse_labels(
@@ -111,30 +139,27 @@ def read_csv(
     path = Path(path)
     errors = RowErrors(path, on_error)
     examples = []
-    with _read_utf8(path) as lines:
-        reader = csv.reader(lines)  # not DictReader: it skips blank lines, shifting line numbers
-        header = next(reader, [])
-        missing = {text_column, label_column} - set(header)
-        if missing:
-            raise DataError(path, 1, f"missing column(s) {sorted(missing)}", ",".join(header))
-        start = reader.line_num + 1
-        for values in reader:
-            line, start = start, reader.line_num + 1  # a quoted comment may span several lines
-            if not values:
-                continue  # a blank line
-            row = dict(zip(header, values, strict=False))
-            text, label = row.get(text_column), row.get(label_column)
-            if text is None or label is None:
-                errors.bad_row(line, "too few fields", ",".join(values))
-                continue
-            try:
-                if not text.strip():
-                    raise ValueError("empty comment")
-                examples.append(
-                    Example(text.strip(), parse_labels(split_label_string(label), polarities), line)
-                )
-            except ValueError as err:
-                errors.bad_row(line, str(err), label if text.strip() else ",".join(values))
+    records = csv_records(path)
+    header = next(records, (1, []))[1]
+    missing = {text_column, label_column} - set(header)
+    if missing:
+        raise DataError(path, 1, f"missing column(s) {sorted(missing)}", ",".join(header))
+    for line, values in records:
+        if not values:
+            continue  # a blank line
+        row = dict(zip(header, values, strict=False))
+        text, label = row.get(text_column), row.get(label_column)
+        if text is None or label is None:
+            errors.bad_row(line, "too few fields", ",".join(values))
+            continue
+        try:
+            if not text.strip():
+                raise ValueError("empty comment")
+            examples.append(
+                Example(text.strip(), parse_labels(split_label_string(label), polarities), line)
+            )
+        except ValueError as err:
+            errors.bad_row(line, str(err), label if text.strip() else ",".join(values))
     errors.report()
     return examples
 
@@ -184,6 +209,40 @@ def read_jsonl(
                 errors.bad_row(line_no, str(err).split(": line")[0], raw.strip())
     errors.report()
     return examples
+
+
+CSV_FIELD_LIMIT = 1 << 24  # characters; Python's default, 131,072, refuses some long reviews
+
+
+def csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The records of a UTF-8 CSV file, the header first, each with the line it starts on.
+
+    A quoted field may hold line breaks, so a record may span lines; a blank line is `[]` (not
+    skipped, as DictReader does, which shifts line numbers). Malformed CSV (a field over
+    `CSV_FIELD_LIMIT` characters, mostly a quote left open) is a `DataError` at its record.
+    """
+    limit = csv.field_size_limit()
+    with _read_utf8(path) as lines:
+        reader = csv.reader(lines)
+        start = 1
+        while True:
+            csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide: set only while reading
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                fix = None
+                if "field limit" in str(err):
+                    fix = (
+                        f"a field from here on is over {CSV_FIELD_LIMIT:,} characters: look for a "
+                        'quote (") that is opened and never closed'
+                    )
+                raise DataError(path, start, f"not valid CSV ({err})", None, fix) from None
+            finally:
+                csv.field_size_limit(limit)
+            yield start, values
+            start = reader.line_num + 1
 
 
 def _read_utf8(path: Path) -> io.StringIO:
