@@ -12,6 +12,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from absa_lightning.callbacks import LossDynamics
+from absa_lightning.diagnostics import contrastive_chance
 from absa_lightning.metrics import AspectSentimentScores
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
@@ -51,7 +53,8 @@ def _loss_means() -> nn.ModuleDict:
 
     (nan_strategy: "warn" would drop NaNs, "disable" also drops the weights.)
     """
-    return nn.ModuleDict({k: MeanMetric(nan_strategy=float("nan")) for k in LOSS_KEYS})
+    keys = (*LOSS_KEYS, "contrastive_norm")
+    return nn.ModuleDict({k: MeanMetric(nan_strategy=float("nan")) for k in keys})
 
 
 class AspectSentimentModule(L.LightningModule):
@@ -124,7 +127,14 @@ class AspectSentimentModule(L.LightningModule):
         focal = self.focal(out.logits, batch["labels"])
         contrastive = self.contrastive(out.projections, batch["labels"])
         total = self.balancer(focal, contrastive)
-        return out, {"focal_loss": focal, "contrastive_loss": contrastive, "loss": total}
+        # The contrastive loss over its chance level: comparable across batch sizes (train/val).
+        chance = contrastive_chance(batch["labels"], getattr(self.contrastive, "negatives", "all"))
+        return out, {
+            "focal_loss": focal,
+            "contrastive_loss": contrastive,
+            "loss": total,
+            "contrastive_norm": contrastive.detach() / chance,
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, losses = self._losses(batch)
@@ -154,22 +164,20 @@ class AspectSentimentModule(L.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
+        # The balancer changes weights from LossDynamics's reading, after this epoch's.
         focal_weight, contrastive_weight = self.balancer.effective_weights()
         self.log("train/focal_weight_eff", focal_weight)
         self.log("train/contrastive_weight_eff", contrastive_weight)
-        metrics = self.trainer.callback_metrics
-        if "train/focal_loss_epoch" not in metrics:  # no training batch ran (resumed at epoch end)
-            return
-        val_pair_f1 = metrics.get("val/pair_f1")
-        self.balancer.end_epoch(
-            self.current_epoch,
-            float(metrics["train/focal_loss_epoch"]),
-            float(metrics["train/contrastive_loss_epoch"]),
-            None if val_pair_f1 is None else float(val_pair_f1),
-        )
 
     def on_train_start(self) -> None:
         self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
+        if getattr(self.balancer, "reads_curves", False) and not any(
+            isinstance(c, LossDynamics) for c in self.trainer.callbacks
+        ):
+            raise ValueError(
+                f"loss.balancer={self.hparams.loss.get('balancer')} acts on the loss-dynamics "
+                "reading: keep callbacks.loss_dynamics (do not drop it with ~callbacks...)"
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
@@ -178,6 +186,7 @@ class AspectSentimentModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_scores.compute()
+        self.val_class_counts = self.val_scores.class_counts()  # LossDynamics's collapse test
         self.val_scores.reset()
         self.val_pair_f1_best.update(scores["pair_f1"])
         self.log_dict({f"val/{k}": v for k, v in scores.items()})
