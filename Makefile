@@ -13,7 +13,7 @@ endif
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help install install-browser train test test-fast bench bench-quick bench-predict lint format clean
+.PHONY: help install install-browser train test test-fast bench bench-quick bench-advice bench-predict lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/
 
 bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
+
+bench-advice: ## Varied short runs read and their advice checked -> benchmarks/results/advice.md (~1 h on 2 cores)
+	$(PY) -m benchmarks.advice $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
 	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))

@@ -107,7 +107,7 @@ class Thresholds:
     f1_flat_threshold: float = 0.005
     overfit_rise: float = 0.01
     collapse_share: float = 0.99
-    collapse_aspects: float = 0.5
+    collapse_aspects: float = 0.8
 
     def __post_init__(self) -> None:
         if self.window < 2:

@@ -16,6 +16,7 @@ Writes benchmarks/results/advice.md and advice.json.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default="advice", help="results file name (benchmarks/results)")
     args = parser.parse_args(argv)
     settings = OmegaConf.load(SETTINGS)
+    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # the runs' and the checks' threads
     started = time.perf_counter()
     results = []
     for dataset in available(settings, args.datasets):
