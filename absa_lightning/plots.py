@@ -50,7 +50,10 @@ def loss_dynamics(rows: list[dict], path: str | Path) -> None:
         )
         if val_key:
             ax.plot(epochs, [float(r.get(val_key, "nan")) for r in rows], "s--", label="val")
-        ax.set_ylabel(title)
+        untrained = train_key == "contrastive_norm" and all(
+            float(r.get("contrastive_weight", 1)) == 0 for r in rows
+        )
+        ax.set_ylabel(title + ("\n(weight 0: not read)" if untrained else ""))
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
