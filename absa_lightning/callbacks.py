@@ -165,7 +165,7 @@ class LossDynamics(L.Callback):
             console.print(
                 f"reading: {last['regime'].replace('_', ' ')}"
                 + (f" → {last['override']}" if last["override"] else "")
-                + f"\nevidence: {last['evidence'] or '-'}"
+                + f"\nevidence: {last.get('evidence') or '-'}"
             )
 
     def table(self) -> Table:
@@ -178,15 +178,15 @@ class LossDynamics(L.Callback):
             status = r["regime"].replace("_", " ")
             if r["override"]:
                 status += f" → {r['override']}"
-            table.add_row(
-                str(epoch),
-                f"{r['focal']:.4f}",
-                f"{r['contrastive_norm']:.4f}",
-                f"{r['val_focal']:.4f}",
-                f"{r['val_contrastive_norm']:.4f}",
-                f"{r['val_pair_f1']:.4f}",
-                status,
+            # Rows from checkpoints of older versions may lack a column.
+            cells = (
+                "focal",
+                "contrastive_norm",
+                "val_focal",
+                "val_contrastive_norm",
+                "val_pair_f1",
             )
+            table.add_row(str(epoch), *(f"{float(r.get(c, 'nan')):.4f}" for c in cells), status)
         return table
 
     def diagnosis(self) -> dict[str, Any]:
