@@ -134,7 +134,7 @@ def check(run: RunReading, out: Path | None = None, timeout: float | None = None
         tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"the check run in {out} failed: {tail[0]}")
     val, test = _scores(out)
-    return {
+    result = {
         "run_dir": str(run.run_dir),
         "check_dir": str(out),
         "regime": run.reading.regime,
@@ -148,6 +148,10 @@ def check(run: RunReading, out: Path | None = None, timeout: float | None = None
         if test is None or run.test_pair_f1 is None
         else test - run.test_pair_f1,
     }
+    partial = out / "advice_check.json.partial"
+    partial.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    partial.replace(out / "advice_check.json")
+    return result
 
 
 def describe(run: RunReading) -> str:
@@ -202,9 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             result = check(run, args.out)
             print(describe_check(result))
-            (Path(result["check_dir"]) / "advice_check.json").write_text(
-                json.dumps(result, indent=2), encoding="utf-8"
-            )
     except UserError as e:
         print(f"absa-advise: {e}", file=sys.stderr)
         return 2

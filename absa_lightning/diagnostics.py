@@ -15,7 +15,8 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 | over_fitting     | train focal falls, a val loss rises more     | lr / 2 (heads and encoder)    |
 |                  | than overfit_rise; best val F1 before last   |                               |
 | under_training   | val pair F1 rises > f1_flat_threshold, its   | trainer.max_epochs x 2        |
-|                  | best is the last epoch                       |                               |
+|                  | best is the last epoch; or every epoch used  |                               |
+|                  | and val focal still falls                    |                               |
 | healthy          | both train losses fall at comparable rates   | none                          |
 | contrastive_lags | focal falls, contrastive flat                | weight step to contrastive    |
 | focal_lags       | contrastive falls, focal flat                | weight step to focal          |
@@ -338,7 +339,11 @@ def read(
     val_rises = any(r > thresholds.overfit_rise for r in val_rate.values())
     if train_falls and val_rises and f1 is not None and not best_is_last:
         return Reading(OVER_FITTING, _lr_override(recipe, 0.5), evidence)
-    if f1 is not None and best_is_last and slope(f1[-w:]) > thresholds.f1_flat_threshold:
+    # Still improving: val F1 at its best and rising, or, having used every epoch it was
+    # given, val focal loss still falling (the model still generalises better each epoch).
+    f1_rises = best_is_last and f1 is not None and slope(f1[-w:]) > thresholds.f1_flat_threshold
+    ran_out = len(rows) >= recipe.max_epochs
+    if f1 is not None and (f1_rises or (ran_out and val_rate.get("focal", 0.0) < -flat)):
         return Reading(UNDER_TRAINING, f"trainer.max_epochs={2 * recipe.max_epochs}", evidence)
 
     if not train_rate:

@@ -108,7 +108,7 @@ def run_row(dataset: str, name: str, row: Any, settings: Any, reuse: bool) -> di
     }
     if run.reading.override:
         check_dir = folder / "check"
-        if not (reuse and (check_dir / "metrics.json").is_file()):
+        if not (reuse and _checked(check_dir, run.reading.override)):
             shutil.rmtree(check_dir, ignore_errors=True)
             started = time.perf_counter()
             checked = advise.check(run, check_dir)
@@ -124,6 +124,15 @@ def run_row(dataset: str, name: str, row: Any, settings: Any, reuse: bool) -> di
         )
     result["minutes"] = round(minutes, 1)
     return result
+
+
+def _checked(check_dir: Path, override: str) -> bool:
+    """Whether a finished check run in `check_dir` ran `override`."""
+    overrides = check_dir / ".hydra" / "overrides.yaml"
+    if not (check_dir / "metrics.json").is_file() or not overrides.is_file():
+        return False
+    ran = {str(o) for o in OmegaConf.load(overrides)}
+    return all(o in ran for o in override.split())
 
 
 def _reused_check(run: advise.RunReading, check_dir: Path) -> dict[str, Any]:

@@ -50,6 +50,8 @@ def rows(focal, contrastive, f1, val_focal=None, val_contrastive=None, weights=(
     ]
 
 
+MID_RUN = dx.Recipe(max_epochs=100)  # the curves so far of a run with epochs to come
+
 # keyword arguments of rows(), the regime
 CASES = {
     "both fall": (
@@ -108,7 +110,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_every_regime(case):
     kwargs, expected = CASES[case]
-    assert dx.read(rows(**kwargs)).regime == expected
+    assert dx.read(rows(**kwargs), MID_RUN).regime == expected
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -123,7 +125,8 @@ def test_every_regime_with_noisy_curves(case, seed):
 
     noisy_kwargs = {k: noisy(v) if k != "f1" else v for k, v in kwargs.items()}
     noisy_kwargs["f1"] = [v + 0.002 * float(torch.randn(1, generator=g)) for v in kwargs["f1"]]
-    assert dx.read(rows(**noisy_kwargs), thresholds=dx.Thresholds(window=5)).regime == expected
+    reading = dx.read(rows(**noisy_kwargs), MID_RUN, dx.Thresholds(window=5))
+    assert reading.regime == expected
 
 
 def test_every_regime_has_words_and_a_test():
@@ -132,12 +135,20 @@ def test_every_regime_has_words_and_a_test():
     assert all("push" not in advice for advice in dx.ADVICE.values())
 
 
+def test_a_run_that_used_every_epoch_with_val_loss_still_falling_is_under_trained():
+    """Lagging contrastive mid-run; at the last epoch, with val focal falling, train longer."""
+    kwargs = CASES["focal falls, contrastive flat"][0]
+    assert dx.read(rows(**kwargs), dx.Recipe(max_epochs=8)).regime == dx.UNDER_TRAINING
+    flat_val = rows(**kwargs, val_focal=flat(0.3))
+    assert dx.read(flat_val, dx.Recipe(max_epochs=8)).regime == dx.CONTRASTIVE_LAGS
+
+
 def test_overrides_are_runnable_hydra_overrides():
-    recipe = dx.Recipe(lr=1e-3, encoder_lr=2e-3, max_epochs=6)
+    recipe = dx.Recipe(lr=1e-3, encoder_lr=2e-3, max_epochs=60)
     lags = dx.read(rows(**CASES["focal falls, contrastive flat"][0]), recipe)
     assert lags.override == "loss.focal_weight=0.7 loss.contrastive_weight=0.3"
     under = dx.read(rows(**CASES["val F1 still rising at the end"][0]), recipe)
-    assert under.override == "trainer.max_epochs=12"
+    assert under.override == "trainer.max_epochs=120"
     over = dx.read(rows(**CASES["train falls, val rises, F1 peaked"][0]), recipe)
     assert over.override == "optimizer.lr=0.0005 model.encoder_lr=0.001"
     # Stalled: a loss that rose is an lr too high; one that never moved, too low.
@@ -149,7 +160,7 @@ def test_overrides_are_runnable_hydra_overrides():
 
 
 def test_evidence_gives_the_slopes():
-    reading = dx.read(rows(**CASES["focal falls, contrastive flat"][0]))
+    reading = dx.read(rows(**CASES["focal falls, contrastive flat"][0]), MID_RUN)
     assert reading.evidence["focal_slope"] == pytest.approx(
         dx.relative_slope(decay(0.7, 0.15)[-3:])
     )
@@ -160,26 +171,26 @@ def test_evidence_gives_the_slopes():
 def test_a_contrastive_loss_with_weight_0_has_no_regime():
     """Not trained, its flat curve asks for nothing: focal falling alone is healthy."""
     kwargs = CASES["focal falls, contrastive flat"][0]
-    reading = dx.read(rows(**kwargs, weights=(1.0, 0.0)))
+    reading = dx.read(rows(**kwargs, weights=(1.0, 0.0)), MID_RUN)
     assert (reading.regime, reading.override) == (dx.HEALTHY, "")
     assert "contrastive_slope" not in reading.evidence
     flat_focal = rows(**CASES["contrastive falls, focal flat"][0], weights=(1.0, 0.0))
-    assert dx.read(flat_focal).regime == dx.STALLED  # not focal_lags
+    assert dx.read(flat_focal, MID_RUN).regime == dx.STALLED  # not focal_lags
     assert dx.suggested_weights(dx.CONTRASTIVE_LAGS, 1.0, 0.0) is None
 
 
 def test_collapse_comes_first_and_names_the_heads():
     healthy = rows(**CASES["both fall"][0])
-    reading = dx.read(healthy, troubled_aspects=["A", "B", "C"], aspects_with_gold=4)
+    reading = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C", "D"], aspects_with_gold=5)
     assert reading.regime == dx.COLLAPSE
     assert reading.override == "loss.focal.alpha=inverse_frequency"
-    assert reading.evidence["collapsed"] == "A;B;C"
+    assert reading.evidence["collapsed"] == "A;B;C;D"
     set_already = dx.Recipe(focal_alpha="inverse_frequency", lr=1e-3, encoder_lr=1e-3)
-    assert dx.read(
-        healthy, set_already, troubled_aspects=["A", "B"], aspects_with_gold=4
-    ).override == ("optimizer.lr=0.0005 model.encoder_lr=0.0005")
-    # One head of four is below collapse_aspects (half): the curves decide.
-    assert dx.read(healthy, troubled_aspects=["A"], aspects_with_gold=4).regime == dx.HEALTHY
+    lower_lr = dx.read(healthy, set_already, troubled_aspects=["A"], aspects_with_gold=1)
+    assert lower_lr.override == "optimizer.lr=0.0005 model.encoder_lr=0.0005"
+    # Three heads of four are below collapse_aspects (0.8): the curves decide.
+    three = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C"], aspects_with_gold=4)
+    assert three.regime == dx.HEALTHY
 
 
 def test_collapsed_heads_from_class_counts():
@@ -212,7 +223,7 @@ def test_the_regime_reads_only_the_last_window_of_epochs():
     contrastive = flat(0.98, 4) + decay(0.98, 0.1, 3)
     f1 = flat(0.5, 7)
     assert dx.read(rows(focal[:4], contrastive[:4], f1[:4])).regime == dx.CONTRASTIVE_LAGS
-    assert dx.read(rows(focal, contrastive, f1)).regime == dx.FOCAL_LAGS
+    assert dx.read(rows(focal, contrastive, f1), MID_RUN).regime == dx.FOCAL_LAGS
 
 
 def test_too_few_epochs_is_warming_up():
