@@ -79,7 +79,8 @@ ADVICE = {
     WARMING_UP: "not enough epochs yet to read the curves",
     OVER_FITTING: "training loss falls while validation loss rises and val pair F1 peaked "
     "earlier: over-fitting; lower the learning rate (or stop earlier, regularise)",
-    UNDER_TRAINING: "val pair F1 still rising at the last epoch: under-trained; train longer",
+    UNDER_TRAINING: "val pair F1 still rising, or val loss still falling, at the last epoch: "
+    "under-trained; train longer",
     COLLAPSE: "most aspect heads predict one class for nearly every cell: collapsed; weight "
     "the rare classes up (loss.focal.alpha=inverse_frequency), else lower the learning rate",
 }
