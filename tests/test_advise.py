@@ -126,9 +126,9 @@ REAL = {
         ["trainer.max_epochs=4", "optimizer.lr=3.0", "model.encoder_lr=3.0"],
         {dx.STALLED, dx.COLLAPSE},
     ),
-    "under-training: high lr, stopped while F1 climbs": (
-        ["trainer.max_epochs=4", "optimizer.lr=1e-2", "model.encoder_lr=1e-2"],
-        {dx.UNDER_TRAINING},
+    "stalled: learning rate too low": (
+        ["trainer.max_epochs=4", "optimizer.lr=1e-4", "model.encoder_lr=1e-4"],
+        {dx.STALLED},
     ),
     "over-fitting: 12 epochs at a high lr on 128 comments": (
         ["trainer.max_epochs=12", "optimizer.lr=1e-2", "model.encoder_lr=1e-2"],
@@ -144,6 +144,8 @@ def test_a_real_run_built_for_a_regime_reads_as_it(small_visfd, tmp_path, case):
     train_cli(tmp_path, small_visfd, *overrides)
     reading = advise.read_run(tmp_path).reading
     assert reading.regime in expected, reading.evidence_line()
+    if "too low" in case:  # nothing rose: the advice raises the learning rate
+        assert reading.override == "optimizer.lr=0.0003 model.encoder_lr=0.0003"
 
 
 @pytest.mark.slow
