@@ -116,7 +116,9 @@ def test_check_reruns_the_recipe_with_the_override(small_visfd, tmp_path):
     assert "best val pair F1:" in result.stdout and "test pair F1 (for information" in result.stdout
 
 
-# Real short runs built to show a regime: (overrides, the regimes that name the problem).
+# Real short runs built to show a regime: (overrides, the regimes that name the problem). The
+# tiny model on 128 comments collapses rather than over-fit or stay under-trained at a high lr
+# (tried: 12 and 4 epochs at lr 1e-2); the advice benchmark has the under-trained real runs.
 REAL = {
     "collapse: default lr, 3 epochs of 4 batches": (
         ["trainer.max_epochs=3"],
@@ -129,10 +131,6 @@ REAL = {
     "stalled: learning rate too low": (
         ["trainer.max_epochs=4", "optimizer.lr=1e-4", "model.encoder_lr=1e-4"],
         {dx.STALLED},
-    ),
-    "over-fitting: 12 epochs at a high lr on 128 comments": (
-        ["trainer.max_epochs=12", "optimizer.lr=1e-2", "model.encoder_lr=1e-2"],
-        {dx.OVER_FITTING, dx.CONVERGED},
     ),
 }
 
