@@ -76,7 +76,7 @@ class LossDynamics(L.Callback):
     Reads the epoch means of the unweighted training losses, the validation losses and val F1s,
     and the validation heads' per-class prediction counts; reads the run with
     `absa_lightning.diagnostics.read`; logs the regime with its override; hands the reading to
-    the model's balancer (`loss.balancer=rule` acts on it); keeps `loss_dynamics.csv` and
+    the model's balancer (`loss/balancer=rule` acts on it); keeps `loss_dynamics.csv` and
     `loss_dynamics.png` in the run folder up to date; prints the table and the final reading with
     its slopes when training ends. Its rows are the run's one per-epoch loss history, saved in
     checkpoints, so a resumed run continues it.

@@ -3,7 +3,7 @@
 A pure function of the per-epoch rows that `LossDynamics` records (training epoch means, the
 validation losses and pair F1, the validation heads' per-class prediction counts), so it can be
 tested on synthetic curves and used by the callback (to tell), `absa-advise` (to tell and check)
-and `loss.balancer=rule` (to act). Slopes are least-squares fits over the last `window` epochs;
+and `loss/balancer=rule` (to act). Slopes are least-squares fits over the last `window` epochs;
 a loss's slope is relative to its mean level in the window (-0.05 = falls 5% of itself an epoch),
 val pair F1's is absolute (F1 points an epoch). The first regime whose test holds is the reading:
 

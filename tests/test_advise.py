@@ -170,7 +170,7 @@ def test_rule_balancer_without_the_callback_is_refused(small_visfd, tmp_path):
             *TINY,
             *QUIET,
             f"data.root={small_visfd}",
-            "loss.balancer=rule",
+            "loss/balancer=rule",
             "~callbacks.loss_dynamics",
             "trainer.max_epochs=1",
         ],
