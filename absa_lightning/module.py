@@ -155,7 +155,9 @@ class AspectSentimentModule(L.LightningModule):
         _, losses = self._losses(batch)
         losses = {f"train/{k}": v for k, v in losses.items()}
         if self.check_finite:
-            self._check_finite(losses, batch, batch_idx)
+            # The losses trained on; contrastive_norm is a reading of one of them.
+            trained = {k: v for k, v in losses.items() if k != "train/contrastive_norm"}
+            self._check_finite(trained, batch, batch_idx)
         self.log_dict(
             losses, on_step=True, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True
         )
