@@ -18,7 +18,7 @@ endif
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help install install-browser train test test-fast bench bench-quick bench-predict bench-serve lint format clean
+.PHONY: help install install-browser train test test-fast bench bench-quick bench-advice bench-predict bench-serve lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds on UIT-ViSFD and MAMS
 
 bench-quick: ## The benchmark on both datasets, 1 seed, short runs (minutes; not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
+
+bench-advice: ## Varied short runs read and their advice checked -> benchmarks/results/advice.md (~1 h on 2 cores)
+	$(PY) -m benchmarks.advice $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads (make bench-predict CKPT=path)
 	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))

@@ -1,15 +1,16 @@
 """How the focal and contrastive losses are weighted into one objective (`loss/balancer=...`).
 
 Plain `torch.nn.Module`s: `balancer(focal, contrastive)` is the objective to minimise,
-`effective_weights()` the weights it applies now, and `end_epoch(epoch, focal, contrastive,
-val_pair_f1)` gives it the epoch means of the unweighted losses between epochs. Everything a
-balancer learns or decides is in its `state_dict`, so a resumed run carries on with the same
-weights.
+`effective_weights()` the weights it applies now, and `end_epoch(epoch, reading, rows)` gives
+it, between epochs, the `LossDynamics` callback's reading and its per-epoch rows (the run's one
+loss history). Everything a balancer learns or decides is in its `state_dict`, so a resumed run
+carries on with the same weights.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,11 +29,12 @@ class LossBalancer(nn.Module):
     """
 
     weights: torch.Tensor
+    reads_curves = False  # True: needs LossDynamics's `end_epoch` calls (callbacks.loss_dynamics)
 
     def __init__(self, focal_weight: float, contrastive_weight: float):
         super().__init__()
         self.register_buffer("weights", torch.tensor([focal_weight, contrastive_weight]))
-        self.history: dict[int, tuple[float, float, float | None]] = {}
+        self.last_epoch = -1
 
     def forward(self, focal: torch.Tensor, contrastive: torch.Tensor) -> torch.Tensor:
         return self.weights[0] * focal + self.weights[1] * contrastive
@@ -42,31 +44,27 @@ class LossBalancer(nn.Module):
         return focal_weight, contrastive_weight
 
     def end_epoch(
-        self, epoch: int, focal: float, contrastive: float, val_pair_f1: float | None = None
+        self, epoch: int, reading: diagnostics.Reading, rows: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Record the epoch means; an epoch seen before (a resumed run re-running it) is a no-op."""
-        if epoch in self.history:
+        """Between epochs: `LossDynamics`'s reading of this epoch and its rows so far (the one
+        per-epoch history of the run). An epoch seen before (a resumed run re-running it) is a
+        no-op."""
+        if epoch <= self.last_epoch:
             return
-        self.history[epoch] = (focal, contrastive, val_pair_f1)
-        self.update_weights(epoch)
+        self.last_epoch = epoch
+        self.update_weights(epoch, reading, rows)
 
-    def update_weights(self, epoch: int) -> None:
-        """Between epochs: set `weights` for the next one from `history` (here: keep them)."""
-
-    def columns(self) -> tuple[list[float], list[float], list[float]]:
-        """The recorded focal, contrastive and val pair F1 epoch means, oldest first."""
-        rows = [self.history[e] for e in sorted(self.history)]
-        return (
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows if r[2] is not None],
-        )
+    def update_weights(
+        self, epoch: int, reading: diagnostics.Reading, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Set `weights` for the next epoch."""
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"history": {e: list(row) for e, row in self.history.items()}}
+        return {"last_epoch": self.last_epoch}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.history = {int(e): tuple(row) for e, row in state["history"].items()}
+        # Checkpoints from before the history moved to LossDynamics hold it here.
+        self.last_epoch = int(state.get("last_epoch", max(map(int, state.get("history", {-1: 0})))))
 
 
 class StaticWeights(LossBalancer):
@@ -74,13 +72,17 @@ class StaticWeights(LossBalancer):
 
 
 class RuleBalancer(LossBalancer):
-    """Applies the loss-dynamics table between epochs (see `absa_lightning.diagnostics`).
+    """Applies the loss-dynamics reading between epochs (see `absa_lightning.diagnostics`).
 
-    When the last `window` epochs read "focal falls, contrastive flat", `step` of weight moves
-    from focal to contrastive; "contrastive falls, focal flat" moves it back. Each weight stays
-    within [min_weight, max_weight], the sum stays as configured, and after a change the rule
-    waits `window` epochs, so that it judges curves made with the new weights.
+    When the reading is "focal falls, contrastive flat", `step` of weight moves from focal to
+    contrastive; "contrastive falls, focal flat" moves it back. Every other regime (over-fitting,
+    collapse, under-training, ...) asks for something weights cannot give, and a contrastive
+    weight of 0 is a recipe without that loss: no change then. Each weight stays within
+    [min_weight, max_weight], the sum stays as configured, and after a change the rule waits
+    `thresholds.window` epochs, so that it judges curves made with the new weights.
     """
+
+    reads_curves = True
 
     def __init__(
         self,
@@ -101,22 +103,24 @@ class RuleBalancer(LossBalancer):
             ("focal_weight", focal_weight),
             ("contrastive_weight", contrastive_weight),
         ):
-            if not min_weight <= weight <= max_weight:
+            if weight > 0 and not min_weight <= weight <= max_weight:
                 raise ValueError(
                     f"loss.{name}={weight} is outside loss.balancer's bounds "
                     f"[min_weight={min_weight}, max_weight={max_weight}]"
                 )
         self.step, self.min_weight, self.max_weight = step, min_weight, max_weight
         self.thresholds = diagnostics.Thresholds(**(thresholds or {}))
+        self.epochs_seen = 0
         self.last_change = -1
 
-    def update_weights(self, epoch: int) -> None:
-        if len(self.history) - 1 - self.last_change < self.thresholds.window:
+    def update_weights(
+        self, epoch: int, reading: diagnostics.Reading, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        self.epochs_seen += 1
+        if self.epochs_seen - 1 - self.last_change < self.thresholds.window:
             return
-        focal, contrastive, f1 = self.columns()
-        regime = diagnostics.classify(focal, contrastive, f1, self.thresholds)
         proposed = diagnostics.suggested_weights(
-            regime, *self.effective_weights(), self.step, self.min_weight, self.max_weight
+            reading.regime, *self.effective_weights(), self.step, self.min_weight, self.max_weight
         )
         if proposed is None:
             return
@@ -125,20 +129,25 @@ class RuleBalancer(LossBalancer):
             "loss/balancer=rule after epoch %d (%s): focal_weight %.3f -> %.3f, "
             "contrastive_weight %.3f -> %.3f",
             epoch,
-            regime,
+            reading.regime,
             self.weights[0],
             new[0],
             self.weights[1],
             new[1],
         )
         self.weights.copy_(new)
-        self.last_change = len(self.history) - 1
+        self.last_change = self.epochs_seen - 1
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "last_change": self.last_change}
+        return {
+            **super().get_extra_state(),
+            "epochs_seen": self.epochs_seen,
+            "last_change": self.last_change,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
+        self.epochs_seen = int(state.get("epochs_seen", len(state.get("history", {}))))
         self.last_change = int(state["last_change"])
 
 
@@ -179,6 +188,8 @@ class DynamicWeightAverage(LossBalancer):
     weights; the first two epochs use them.
     """
 
+    reads_curves = True
+
     def __init__(self, focal_weight: float, contrastive_weight: float, temperature: float = 2.0):
         super().__init__(focal_weight, contrastive_weight)
         if not temperature > 0:
@@ -186,11 +197,12 @@ class DynamicWeightAverage(LossBalancer):
         self.temperature = temperature
         self.register_buffer("configured", self.weights.clone())
 
-    def update_weights(self, epoch: int) -> None:
-        if len(self.history) < 2:
+    def update_weights(
+        self, epoch: int, reading: diagnostics.Reading, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        if len(rows) < 2:
             return
-        focal, contrastive, _ = self.columns()
-        previous = torch.tensor([focal[-2], contrastive[-2]]).clamp(min=1e-12)
-        rates = torch.tensor([focal[-1], contrastive[-1]]) / previous
+        previous = torch.tensor([rows[-2]["focal"], rows[-2]["contrastive"]]).clamp(min=1e-12)
+        rates = torch.tensor([rows[-1]["focal"], rows[-1]["contrastive"]]) / previous
         share = torch.softmax(rates / self.temperature, dim=0) * len(rates)
         self.weights.copy_(self.configured * share)

@@ -1,9 +1,10 @@
-"""Callbacks that read a run for the user: the two loss curves, and the embedding space."""
+"""Callbacks that read a run for the user: the loss curves, and the embedding space."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,23 +23,30 @@ DYNAMICS_COLUMNS = (
     "epoch",
     "focal",
     "contrastive",
+    "contrastive_norm",
     "total",
     "val_focal",
     "val_contrastive",
+    "val_contrastive_norm",
     "val_total",
     "val_aspect_f1",
     "val_pair_f1",
     "focal_weight",
     "contrastive_weight",
+    "collapsed",
+    "aspects_with_gold",
     "regime",
     "override",
+    "evidence",
 )
 METRIC_KEYS = {  # row column -> logged metric (train: epoch means)
     "focal": "train/focal_loss_epoch",
     "contrastive": "train/contrastive_loss_epoch",
+    "contrastive_norm": "train/contrastive_norm_epoch",
     "total": "train/loss_epoch",
     "val_focal": "val/focal_loss",
     "val_contrastive": "val/contrastive_loss",
+    "val_contrastive_norm": "val/contrastive_norm",
     "val_total": "val/loss",
     "val_aspect_f1": "val/aspect_f1",
     "val_pair_f1": "val/pair_f1",
@@ -52,14 +60,25 @@ def _run_folder(trainer: L.Trainer) -> Path:
     return folder
 
 
-class LossDynamics(L.Callback):
-    """After each epoch: which regime the loss curves are in, and what to change.
+def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """`loss_dynamics.csv`, written beside and renamed into place (a kill leaves the old one)."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=DYNAMICS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
 
-    Reads the epoch means of the unweighted training losses (the curves the table is about),
-    the validation losses and val F1s; classifies the last `thresholds.window` epochs with
-    `absa_lightning.diagnostics.classify`; logs the regime with an override line to paste; keeps
-    `loss_dynamics.csv` and `loss_dynamics.png` in the run folder up to date; prints the table
-    `epoch | focal | contr | pair F1 | status` when training ends. Its history is saved in
+
+class LossDynamics(L.Callback):
+    """After each epoch: which regime the run is in, its evidence, and the override to run.
+
+    Reads the epoch means of the unweighted training losses, the validation losses and val F1s,
+    and the validation heads' per-class prediction counts; reads the run with
+    `absa_lightning.diagnostics.read`; logs the regime with its override; hands the reading to
+    the model's balancer (`loss/balancer=rule` acts on it); keeps `loss_dynamics.csv` and
+    `loss_dynamics.png` in the run folder up to date; prints the table and the final reading with
+    its slopes when training ends. Its rows are the run's one per-epoch loss history, saved in
     checkpoints, so a resumed run continues it.
     """
 
@@ -71,6 +90,21 @@ class LossDynamics(L.Callback):
         self.thresholds = diagnostics.Thresholds(**(thresholds or {}))
         self.suggestion_step = suggestion_step
         self.rows: dict[int, dict[str, Any]] = {}
+        self.reading: diagnostics.Reading | None = None
+
+    def recipe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> diagnostics.Recipe:
+        hparams = pl_module.hparams
+        focal_weight, contrastive_weight = pl_module.balancer.effective_weights()
+        return diagnostics.Recipe(
+            focal_weight=focal_weight,
+            contrastive_weight=contrastive_weight,
+            lr=float(hparams.optimizer.get("lr", 1e-3)),
+            encoder_lr=float(hparams.encoder_lr),
+            max_epochs=int(trainer.max_epochs or 1),
+            # train.build resolves inverse_frequency into the weights: any list counts as set.
+            focal_alpha="inverse_frequency" if hparams.loss["focal"].get("alpha") else None,
+            weight_step=self.suggestion_step,
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
@@ -79,61 +113,84 @@ class LossDynamics(L.Callback):
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for column, key in METRIC_KEYS.items():
             row[column] = float(metrics[key]) if key in metrics else float("nan")
-        # The weights in effect this epoch: the module's balancer updates after this hook.
+        # The weights in effect this epoch: the balancer updates from this reading.
         row["focal_weight"], row["contrastive_weight"] = pl_module.balancer.effective_weights()
+        troubled: list[str] = []
+        counts = getattr(pl_module, "val_class_counts", None)
+        if counts is not None:
+            gold, predicted = (c.float().cpu() for c in counts)
+            aspects = list(pl_module.hparams.aspects)
+            troubled = [
+                aspects[a]
+                for a in diagnostics.collapsed_aspects(
+                    gold, predicted, self.thresholds.collapse_share
+                )
+            ]
+            row["aspects_with_gold"] = int((gold[:, 1:].sum(dim=1) > 0).sum())
+        row["collapsed"] = ";".join(troubled)
         self.rows[row["epoch"]] = row
         history = [self.rows[e] for e in sorted(self.rows)]
-        regime = diagnostics.classify(
-            [r["focal"] for r in history],
-            [r["contrastive"] for r in history],
-            [r["val_pair_f1"] for r in history],
+        reading = diagnostics.read(
+            history,
+            self.recipe(trainer, pl_module),
             self.thresholds,
+            troubled,
+            row.get("aspects_with_gold", 0),
         )
-        weights = (row["focal_weight"], row["contrastive_weight"])
-        suggestion = diagnostics.suggested_weights(regime, *weights, self.suggestion_step)
-        row["regime"], row["override"] = regime, diagnostics.override_line(suggestion)
+        self.reading = reading
+        row["regime"], row["override"] = reading.regime, reading.override
+        row["evidence"] = reading.evidence_line()
+        pl_module.balancer.end_epoch(row["epoch"], reading, history)
         if trainer.is_global_zero:
             log.info(
-                "epoch %d loss dynamics: %s%s",
+                "epoch %d reading: %s%s [%s]",
                 row["epoch"],
-                diagnostics.ADVICE[regime],
-                f": {row['override']}" if row["override"] else "",
+                reading.advice,
+                f": {reading.override}" if reading.override else "",
+                row["evidence"],
             )
             self._write(trainer)
 
     def _write(self, trainer: L.Trainer) -> None:
         folder = _run_folder(trainer)
         rows = [self.rows[e] for e in sorted(self.rows)]
-        with open(folder / "loss_dynamics.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=DYNAMICS_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows_csv(rows, folder / "loss_dynamics.csv")
         plots.loss_dynamics(rows, folder / "loss_dynamics.png")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
-            Console().print(self.table())
+            console = Console()
+            console.print(self.table())
+            last = self.rows[max(self.rows)]
+            console.print(
+                f"reading: {last['regime'].replace('_', ' ')}"
+                + (f" → {last['override']}" if last["override"] else "")
+                + f"\nevidence: {last.get('evidence') or '-'}"
+            )
 
     def table(self) -> Table:
-        table = Table(title="loss dynamics (train epoch means, val pair F1)")
-        for header in ("epoch", "focal", "contr", "pair F1", "status"):
+        table = Table(title="loss dynamics (train epoch means; val; contr = over its chance level)")
+        headers = ("epoch", "focal", "contr", "val focal", "val contr", "pair F1", "status")
+        for header in headers:
             table.add_column(header, justify="left" if header == "status" else "right")
         for epoch in sorted(self.rows):
             r = self.rows[epoch]
             status = r["regime"].replace("_", " ")
             if r["override"]:
                 status += f" → {r['override']}"
-            table.add_row(
-                str(epoch),
-                f"{r['focal']:.4f}",
-                f"{r['contrastive']:.4f}",
-                f"{r['val_pair_f1']:.4f}",
-                status,
+            # Rows from checkpoints of older versions may lack a column.
+            cells = (
+                "focal",
+                "contrastive_norm",
+                "val_focal",
+                "val_contrastive_norm",
+                "val_pair_f1",
             )
+            table.add_row(str(epoch), *(f"{float(r.get(c, 'nan')):.4f}" for c in cells), status)
         return table
 
     def diagnosis(self) -> dict[str, Any]:
-        """The last epoch's regime, what it means and the override to paste (metrics.json)."""
+        """The last epoch's regime, what it means, its evidence, the override (metrics.json)."""
         if not self.rows:
             return {}
         last = self.rows[max(self.rows)]
@@ -142,6 +199,7 @@ class LossDynamics(L.Callback):
             "regime": last["regime"],
             "advice": diagnostics.ADVICE[last["regime"]],
             "override": last["override"],
+            "evidence": last.get("evidence", ""),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,17 +1,36 @@
-"""Reading the two loss curves: which regime a run is in, and what to change.
+"""Reading a run's curves: which regime it is in, the evidence, and the override to run next.
 
-A pure function of the per-epoch loss histories, so it can be tested on synthetic curves and
-used both by the `LossDynamics` callback (to tell the user) and the `rule` balancer (to act).
+A pure function of the per-epoch rows that `LossDynamics` records (training epoch means, the
+validation losses and pair F1, the validation heads' per-class prediction counts), so it can be
+tested on synthetic curves and used by the callback (to tell), `absa-advise` (to tell and check)
+and `loss/balancer=rule` (to act). Slopes are least-squares fits over the last `window` epochs;
+a loss's slope is relative to its mean level in the window (-0.05 = falls 5% of itself an epoch),
+val pair F1's is absolute (F1 points an epoch). The first regime whose test holds is the reading:
 
-| curves over the last `window` epochs    | regime               | change                       |
-| --------------------------------------- | -------------------- | ---------------------------- |
-| both fall, at comparable relative rates | healthy              | keep the weights             |
-| focal falls, contrastive flat           | contrastive_lags     | raise contrastive_weight     |
-| contrastive falls, focal flat           | focal_lags           | raise focal_weight           |
-| neither falls                           | stalled              | check the lr, then the data  |
-| both flat at a low level, val F1 flat   | converged            | stop, or lower the lr        |
+| regime           | test (last `window` epochs)                  | override                      |
+| ---------------- | -------------------------------------------- | ----------------------------- |
+| warming_up       | fewer than `window` epochs                   | none                          |
+| collapse         | >= collapse_aspects of the aspects with gold | focal.alpha=inverse_frequency |
+|                  | mentions have a collapsed head (see below)   | (lr / 2 if already set)       |
+| over_fitting     | train focal falls, a val loss rises more     | lr / 2 (heads and encoder)    |
+|                  | than overfit_rise; best val F1 before last   |                               |
+| under_training   | val pair F1 rises > f1_flat_threshold, its   | trainer.max_epochs x 2        |
+|                  | best is the last epoch; or every epoch used  |                               |
+|                  | and val focal still falls                    |                               |
+| healthy          | both train losses fall at comparable rates   | none                          |
+| contrastive_lags | focal falls, contrastive flat                | weight step to contrastive    |
+| focal_lags       | contrastive falls, focal flat                | weight step to focal          |
+| converged        | both flat at a low level, val F1 flat        | none                          |
+| stalled          | neither falls                                | lr / 10 if the loss ever rose |
+|                  |                                              | an epoch, else lr x 3         |
 
-(Both flat at a low level while val F1 still rises is healthy.)
+A head is collapsed when it predicts one class for >= collapse_share of the validation cells
+while that class is rarer than that in the gold labels (e.g. "absent" for every cell of an
+aspect that is mentioned).
+
+A loss whose weight is 0 is not trained: it has no regime (the lag regimes need both weights
+> 0). The contrastive loss is read as a fraction of its chance level (`contrastive_chance`),
+so a training batch of 32 comments and a validation batch of 64 give comparable levels.
 
 A falling contrastive loss means that same-label embeddings are already closer together and
 different labels further apart; it never means the loss "pushes" harder.
@@ -19,8 +38,11 @@ different labels further apart; it never means the loss "pushes" harder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,32 +52,54 @@ FOCAL_LAGS = "focal_lags"
 STALLED = "stalled"
 CONVERGED = "converged"
 WARMING_UP = "warming_up"
+OVER_FITTING = "over_fitting"
+UNDER_TRAINING = "under_training"
+COLLAPSE = "collapse"
+REGIMES = (
+    WARMING_UP,
+    COLLAPSE,
+    OVER_FITTING,
+    UNDER_TRAINING,
+    HEALTHY,
+    CONTRASTIVE_LAGS,
+    FOCAL_LAGS,
+    CONVERGED,
+    STALLED,
+)
 
 ADVICE = {
-    HEALTHY: "healthy: classification and representation both learn; keep the weights",
+    HEALTHY: "healthy: classification and representation both learn; keep the recipe",
     CONTRASTIVE_LAGS: "focal falls, contrastive flat: the heads fit the labels but same-label "
     "embeddings are not getting closer; raise contrastive_weight",
     FOCAL_LAGS: "contrastive falls, focal flat: same-label embeddings are getting closer but "
     "the heads do not separate them yet; raise focal_weight",
-    STALLED: "neither loss falls: an optimisation problem; check the learning rate, then the data",
-    CONVERGED: "both losses flat at a low level and val pair F1 flat: converged; "
-    "stop, or lower the learning rate",
+    STALLED: "neither loss falls: an optimisation problem; change the learning rate (lower if "
+    "the loss ever rose, else higher), then check the data",
+    CONVERGED: "both losses flat at a low level and val pair F1 flat: converged; stop here",
     WARMING_UP: "not enough epochs yet to read the curves",
+    OVER_FITTING: "training loss falls while validation loss rises and val pair F1 peaked "
+    "earlier: over-fitting; lower the learning rate (or stop earlier, regularise)",
+    UNDER_TRAINING: "val pair F1 still rising, or val loss still falling, at the last epoch: "
+    "under-trained; train longer",
+    COLLAPSE: "most aspect heads predict one class for nearly every cell: collapsed; weight "
+    "the rare classes up (loss.focal.alpha=inverse_frequency), else lower the learning rate",
 }
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """How the curves are read. Slopes are least-squares fits over the last `window` epochs.
+    """How the curves are read (`diagnostics.*` in conf/train.yaml).
 
-    window: epochs in the fit (>= 2).
-    flat_threshold: a loss is flat when its slope, relative to its mean level in the window,
-        is within +-flat_threshold per epoch (0.02 = changes by less than 2% of itself an epoch).
-    rate_ratio: when both fall, one falling more than `rate_ratio` times faster (relative
-        rates) than the other counts the slower one as flat.
+    window: epochs in each slope fit (>= 2).
+    flat_threshold: a loss is flat when its relative slope is within +-this per epoch.
+    rate_ratio: both falling, one > rate_ratio times faster (relative): the slower is flat.
     converged_drop: "a low level": a flat loss at most (1 - converged_drop) of its first epoch.
-    f1_flat_threshold: val pair F1 is flat when its slope is within +-this, in F1 points
-        (absolute, 0.005 = half a point) per epoch.
+    f1_flat_threshold: val pair F1 is flat within +-this (absolute F1) per epoch.
+    overfit_rise: a validation loss rising more than this (relative, per epoch) while the
+        training focal loss falls reads as over-fitting.
+    collapse_share: a head is collapsed when one class takes >= this share of its predictions
+        on validation while that class's share of the gold labels is below it.
+    collapse_aspects: collapse when >= this share of the aspects with gold mentions are.
     """
 
     window: int = 3
@@ -63,6 +107,9 @@ class Thresholds:
     rate_ratio: float = 4.0
     converged_drop: float = 0.3
     f1_flat_threshold: float = 0.005
+    overfit_rise: float = 0.01
+    collapse_share: float = 0.99
+    collapse_aspects: float = 0.8
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -75,6 +122,54 @@ class Thresholds:
             raise ValueError(
                 f"diagnostics.converged_drop must be in [0, 1), got {self.converged_drop}"
             )
+        for name in ("collapse_share", "collapse_aspects"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"diagnostics.{name} must be in (0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The knobs the overrides change, as the run had them (Hydra keys)."""
+
+    focal_weight: float = 0.8
+    contrastive_weight: float = 0.2
+    lr: float = 1e-3
+    encoder_lr: float = 1e-3
+    max_epochs: int = 8
+    focal_alpha: Any = None
+    weight_step: float = 0.1
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], weight_step: float = 0.1) -> Recipe:
+        """From a train.yaml config (a dict or DictConfig), as `.hydra/config.yaml` holds it."""
+        return cls(
+            focal_weight=float(cfg["loss"]["focal_weight"]),
+            contrastive_weight=float(cfg["loss"]["contrastive_weight"]),
+            lr=float(cfg["optimizer"]["lr"]),
+            encoder_lr=float(cfg["model"]["encoder_lr"]),
+            max_epochs=int(cfg["trainer"]["max_epochs"]),
+            focal_alpha=cfg["loss"]["focal"].get("alpha"),
+            weight_step=weight_step,
+        )
+
+
+@dataclass
+class Reading:
+    """A regime, its evidence (slopes, troubled aspects) and the Hydra override to run."""
+
+    regime: str
+    override: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def advice(self) -> str:
+        return ADVICE[self.regime]
+
+    def evidence_line(self) -> str:
+        return " ".join(
+            f"{k}={v:+.4f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.evidence.items()
+        )
 
 
 def slope(values: Sequence[float]) -> float:
@@ -91,47 +186,63 @@ def relative_slope(values: Sequence[float]) -> float:
     return slope(values) / level if level > 0 else 0.0
 
 
-def classify(
-    focal: Sequence[float],
-    contrastive: Sequence[float],
-    val_pair_f1: Sequence[float] | None = None,
-    thresholds: Thresholds = Thresholds(),
-) -> str:
-    """The regime of the last `thresholds.window` epochs of the two (unweighted) loss curves.
-
-    `focal`, `contrastive` and `val_pair_f1` are per-epoch values, oldest first, all of the
-    run so far (the first epoch is the reference for "a low level").
+def contrastive_chance(labels: torch.Tensor, negatives: str = "all") -> torch.Tensor:
+    """SupCon's value when every candidate is equally similar: the mean over anchors with a
+    positive of log(their candidates). Dividing by it makes batches of any size comparable
+    (1 = chance, 0 = perfect). `labels` (B, A), 0 = absent; one when no anchor has a positive.
     """
-    if len(focal) != len(contrastive):
-        raise ValueError(f"{len(focal)} focal values but {len(contrastive)} contrastive ones")
-    w = thresholds.window
-    if len(focal) < w:
-        return WARMING_UP
-    rates = relative_slope(focal[-w:]), relative_slope(contrastive[-w:])
-    falls = [r < -thresholds.flat_threshold for r in rates]
-    if all(falls):
-        fast, slow = max(-rates[0], -rates[1]), min(-rates[0], -rates[1])
-        if fast <= thresholds.rate_ratio * slow:
-            return HEALTHY
-        falls = [-r == fast for r in rates]
-    if falls[0] and not falls[1]:
-        return CONTRASTIVE_LAGS
-    if falls[1] and not falls[0]:
-        return FOCAL_LAGS
+    mentioned = labels > 0
+    classes = int(labels.max()) + 1 if labels.numel() else 1
+    per_class = torch.nn.functional.one_hot(labels, classes).sum(dim=0)  # (A, C)
+    positives = per_class.gather(1, labels.T).T - 1  # (B, A): same aspect, same class, not self
+    if negatives == "same_aspect":
+        candidates = per_class[:, 1:].sum(dim=1).expand_as(labels) - 1
+    else:
+        candidates = mentioned.sum().expand_as(labels) - 1
+    anchors = mentioned & (positives > 0) & (candidates > 1)
+    if not bool(anchors.any()):
+        return torch.ones((), dtype=torch.float32, device=labels.device)
+    return candidates[anchors].float().log().mean()
 
-    flat = [abs(r) <= thresholds.flat_threshold for r in rates]
-    low = [
-        history[-1] <= (1 - thresholds.converged_drop) * history[0]
-        for history in (focal, contrastive)
-    ]
-    f1_flat = (
-        val_pair_f1 is None
-        or len(val_pair_f1) < w
-        or abs(slope(val_pair_f1[-w:])) <= thresholds.f1_flat_threshold
-    )
-    if all(flat) and all(low):
-        return CONVERGED if f1_flat else HEALTHY  # losses settled, val F1 still rising
-    return STALLED
+
+def collapsed_aspects(gold: torch.Tensor, predicted: torch.Tensor, share: float) -> list[int]:
+    """The aspects (with gold mentions) whose head predicts one class for >= `share` of the
+    cells while that class is rarer than `share` in the gold labels. `gold`, `predicted`:
+    (A, C) per-class cell counts on validation (class 0 = absent)."""
+    cells = predicted.sum(dim=1).clamp(min=1)
+    top_share, top = (predicted / cells[:, None]).max(dim=1)
+    gold_share = gold.gather(1, top[:, None]).squeeze(1) / gold.sum(dim=1).clamp(min=1)
+    troubled = (gold[:, 1:].sum(dim=1) > 0) & (top_share >= share) & (gold_share < share)
+    return troubled.nonzero().flatten().tolist()
+
+
+def _column(rows: Sequence[Mapping[str, Any]], *keys: str) -> list[float] | None:
+    """The first of `keys` every row has as a finite number, as floats; None if none does."""
+    for key in keys:
+        values = [_number(r.get(key)) for r in rows]
+        if values and all(v is not None and math.isfinite(v) for v in values):
+            return values  # type: ignore[return-value]
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _lr_override(recipe: Recipe, factor: float) -> str:
+    lr, encoder_lr = recipe.lr * factor, recipe.encoder_lr * factor
+    return f"optimizer.lr={lr:.3g} model.encoder_lr={encoder_lr:.3g}"
+
+
+def weight_override(focal_weight: float, contrastive_weight: float) -> str:
+    """`loss.focal_weight=0.7 loss.contrastive_weight=0.3` (rounded, as a user would type)."""
+    focal_weight, contrastive_weight = round(focal_weight, 4), round(contrastive_weight, 4)
+    return f"loss.focal_weight={focal_weight:g} loss.contrastive_weight={contrastive_weight:g}"
 
 
 def suggested_weights(
@@ -142,11 +253,14 @@ def suggested_weights(
     min_weight: float = 0.0,
     max_weight: float = float("inf"),
 ) -> tuple[float, float] | None:
-    """The table's change of weights for `regime`: up to `step` moves to the lagging loss.
+    """The lag regimes' change of weights: up to `step` moves to the lagging loss.
 
-    None when the regime asks for no change, or the bounds leave no room. The sum of the two
-    weights is kept, and the move stops where either would leave [min_weight, max_weight].
+    None when the regime asks for no change of weights, or the bounds leave no room. The sum of
+    the two weights is kept, and the move stops where either would leave [min_weight,
+    max_weight]. A loss with weight 0 is not trained: no weight moves to or from it.
     """
+    if focal_weight <= 0 or contrastive_weight <= 0:
+        return None
     if regime == CONTRASTIVE_LAGS:
         moved = min(step, focal_weight - min_weight, max_weight - contrastive_weight)
         return (focal_weight - moved, contrastive_weight + moved) if moved > 1e-9 else None
@@ -156,9 +270,105 @@ def suggested_weights(
     return None
 
 
-def override_line(weights: tuple[float, float] | None) -> str:
-    """The Hydra overrides to paste, e.g. `loss.focal_weight=0.7 loss.contrastive_weight=0.3`."""
-    if weights is None:
-        return ""
-    focal_weight, contrastive_weight = (round(w, 4) for w in weights)
-    return f"loss.focal_weight={focal_weight:g} loss.contrastive_weight={contrastive_weight:g}"
+def read(
+    rows: Sequence[Mapping[str, Any]],
+    recipe: Recipe = Recipe(),
+    thresholds: Thresholds = Thresholds(),
+    troubled_aspects: Sequence[str] = (),
+    aspects_with_gold: int = 0,
+) -> Reading:
+    """The reading of `rows` (per-epoch dicts, oldest first, the whole run so far).
+
+    Columns read: focal, contrastive(_norm), val_focal, val_contrastive(_norm), val_pair_f1;
+    the weights come from the last row when it has them, else from `recipe`.
+    `troubled_aspects` are the last epoch's collapsed heads (`collapsed_aspects`), of
+    `aspects_with_gold` aspects with gold mentions on validation.
+    """
+    w = thresholds.window
+    if len(rows) < w:
+        return Reading(WARMING_UP)
+    last = rows[-1]
+    focal_weight = _number(last.get("focal_weight"))
+    focal_weight = recipe.focal_weight if focal_weight is None else focal_weight
+    contrastive_weight = _number(last.get("contrastive_weight"))
+    if contrastive_weight is None:
+        contrastive_weight = recipe.contrastive_weight
+
+    evidence: dict[str, Any] = {}
+    trained = {
+        "focal": (focal_weight > 0, ("focal",), ("val_focal",)),
+        "contrastive": (
+            contrastive_weight > 0,
+            ("contrastive_norm", "contrastive"),
+            ("val_contrastive_norm", "val_contrastive"),
+        ),
+    }
+    train_rate: dict[str, float] = {}
+    val_rate: dict[str, float] = {}
+    history: dict[str, list[float]] = {}
+    for name, (is_trained, train_keys, val_keys) in trained.items():
+        if not is_trained:
+            continue  # a loss with weight 0 has no regime
+        curve = _column(rows, *train_keys)
+        if curve is not None:
+            history[name] = curve
+            train_rate[name] = evidence[f"{name}_slope"] = relative_slope(curve[-w:])
+        val_curve = _column(rows[-w:], *val_keys)
+        if val_curve is not None:
+            val_rate[name] = evidence[f"val_{name}_slope"] = relative_slope(val_curve)
+    f1 = _column(rows, "val_pair_f1")
+    if f1 is not None:
+        evidence["val_pair_f1_slope"] = slope(f1[-w:])
+        best = max(range(len(f1)), key=f1.__getitem__)
+        evidence["best_epoch"] = int(_number(rows[best].get("epoch")) or best)
+
+    # Collapse: the heads, whatever the curves say.
+    if troubled_aspects and aspects_with_gold:
+        evidence["collapsed_heads"] = f"{len(troubled_aspects)}/{aspects_with_gold}"
+        if len(troubled_aspects) >= thresholds.collapse_aspects * aspects_with_gold:
+            evidence["collapsed"] = ";".join(troubled_aspects)
+            override = (
+                "loss.focal.alpha=inverse_frequency"
+                if recipe.focal_alpha != "inverse_frequency"
+                else _lr_override(recipe, 0.5)
+            )
+            return Reading(COLLAPSE, override, evidence)
+
+    flat = thresholds.flat_threshold
+    best_is_last = f1 is not None and f1[-1] >= max(f1)
+    train_falls = train_rate.get("focal", train_rate.get("contrastive", 0.0)) < -flat
+    val_rises = any(r > thresholds.overfit_rise for r in val_rate.values())
+    if train_falls and val_rises and f1 is not None and not best_is_last:
+        return Reading(OVER_FITTING, _lr_override(recipe, 0.5), evidence)
+    # Still improving: val F1 at its best and rising, or, having used every epoch it was
+    # given, val focal loss still falling (the model still generalises better each epoch).
+    f1_rises = best_is_last and f1 is not None and slope(f1[-w:]) > thresholds.f1_flat_threshold
+    ran_out = len(rows) >= recipe.max_epochs
+    if f1 is not None and (f1_rises or (ran_out and val_rate.get("focal", 0.0) < -flat)):
+        return Reading(UNDER_TRAINING, f"trainer.max_epochs={2 * recipe.max_epochs}", evidence)
+
+    if not train_rate:
+        return Reading(STALLED, _lr_override(recipe, 3.0), evidence)
+    falls = {name: r < -flat for name, r in train_rate.items()}
+    if len(train_rate) == 2 and all(falls.values()):
+        fast = max(-r for r in train_rate.values())
+        slow = min(-r for r in train_rate.values())
+        if fast > thresholds.rate_ratio * slow:
+            falls = {name: -r == fast for name, r in train_rate.items()}
+    if all(falls.values()):
+        return Reading(HEALTHY, "", evidence)
+    if any(falls.values()):
+        regime = CONTRASTIVE_LAGS if falls["focal"] else FOCAL_LAGS
+        weights = suggested_weights(regime, focal_weight, contrastive_weight, recipe.weight_step)
+        return Reading(regime, weight_override(*weights) if weights else "", evidence)
+
+    settled = all(abs(r) <= flat for r in train_rate.values()) and all(
+        h[-1] <= (1 - thresholds.converged_drop) * h[0] for h in history.values()
+    )
+    if settled and (f1 is None or abs(slope(f1[-w:])) <= thresholds.f1_flat_threshold):
+        return Reading(CONVERGED, "", evidence)
+    if settled:
+        return Reading(HEALTHY, "", evidence)  # losses settled, val F1 still moving
+    rose = any(b > a * (1 + flat) for h in history.values() for a, b in itertools.pairwise(h))
+    evidence["loss_rose"] = rose
+    return Reading(STALLED, _lr_override(recipe, 0.1 if rose else 3.0), evidence)

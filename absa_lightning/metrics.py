@@ -105,6 +105,13 @@ class AspectConfusionMatrix(MulticlassConfusionMatrix):
             "pair_tp": present.diagonal(dim1=1, dim2=2).sum(dim=1),
         }
 
+    def class_counts(self) -> tuple[Tensor, Tensor]:
+        """Gold and predicted cells of each class, each ``(A, C)`` (class 0 = absent)."""
+        num_a, num_c = self.num_aspects, self.num_aspect_classes
+        blocks = self.confmat.view(num_a, num_c, num_a, num_c).diagonal(dim1=0, dim2=2)
+        blocks = blocks.permute(2, 0, 1)  # (A, gold C, predicted C)
+        return blocks.sum(dim=2), blocks.sum(dim=1)
+
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
         """Micro and macro aspect / pair F1 and polarity accuracy, as scalar tensors."""
         n = self._aspect_counts()

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from absa_lightning.balancers import LossBalancer
 from absa_lightning.checkpointing import read_checkpoint
+from absa_lightning.diagnostics import contrastive_chance
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
@@ -29,7 +30,8 @@ def _loss_means() -> nn.ModuleDict:
 
     (nan_strategy: "warn" would drop NaNs, "disable" also drops the weights.)
     """
-    return nn.ModuleDict({k: MeanMetric(nan_strategy=float("nan")) for k in LOSS_KEYS})
+    keys = (*LOSS_KEYS, "contrastive_norm")
+    return nn.ModuleDict({k: MeanMetric(nan_strategy=float("nan")) for k in keys})
 
 
 class AspectSentimentModule(L.LightningModule):
@@ -140,7 +142,14 @@ class AspectSentimentModule(L.LightningModule):
         focal = self.focal(out.logits, batch["labels"])
         contrastive = self.contrastive(out.projections, batch["labels"])
         total = self.balancer(focal, contrastive)
-        return out, {"focal_loss": focal, "contrastive_loss": contrastive, "loss": total}
+        # The contrastive loss over its chance level: comparable across batch sizes (train/val).
+        chance = contrastive_chance(batch["labels"], getattr(self.contrastive, "negatives", "all"))
+        return out, {
+            "focal_loss": focal,
+            "contrastive_loss": contrastive,
+            "loss": total,
+            "contrastive_norm": contrastive.detach() / chance,
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if not self.has_losses:
@@ -148,7 +157,9 @@ class AspectSentimentModule(L.LightningModule):
         _, losses = self._losses(batch)
         losses = {f"train/{k}": v for k, v in losses.items()}
         if self.check_finite:
-            self._check_finite(losses, batch, batch_idx)
+            # The losses trained on; contrastive_norm is a reading of one of them.
+            trained = {k: v for k, v in losses.items() if k != "train/contrastive_norm"}
+            self._check_finite(trained, batch, batch_idx)
         self.log_dict(
             losses, on_step=True, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True
         )
@@ -172,22 +183,22 @@ class AspectSentimentModule(L.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
+        # The balancer changes weights from LossDynamics's reading, after this epoch's.
         focal_weight, contrastive_weight = self.balancer.effective_weights()
         self.log("train/focal_weight_eff", focal_weight)
         self.log("train/contrastive_weight_eff", contrastive_weight)
-        metrics = self.trainer.callback_metrics
-        if "train/focal_loss_epoch" not in metrics:  # no training batch ran (resumed at epoch end)
-            return
-        val_pair_f1 = metrics.get("val/pair_f1")
-        self.balancer.end_epoch(
-            self.current_epoch,
-            float(metrics["train/focal_loss_epoch"]),
-            float(metrics["train/contrastive_loss_epoch"]),
-            None if val_pair_f1 is None else float(val_pair_f1),
-        )
 
     def on_train_start(self) -> None:
         self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
+        from absa_lightning.callbacks import LossDynamics  # plots: only where training runs
+
+        if getattr(self.balancer, "reads_curves", False) and not any(
+            isinstance(c, LossDynamics) for c in self.trainer.callbacks
+        ):
+            raise ValueError(
+                f"loss/balancer ({type(self.balancer).__name__}) acts on the loss-dynamics "
+                "reading: keep callbacks.loss_dynamics (do not drop it with ~callbacks...)"
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
@@ -196,6 +207,7 @@ class AspectSentimentModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_scores.compute()
+        self.val_class_counts = self.val_scores.class_counts()  # LossDynamics's collapse test
         self.val_scores.reset()
         self.val_pair_f1_best.update(scores["pair_f1"])
         self.log_dict({f"val/{k}": v for k, v in scores.items()})

@@ -21,17 +21,20 @@ REGIME_COLOURS = {
     "stalled": "#fcbba1",
     "converged": "#bdbdbd",
     "warming_up": "#f2f2f2",
+    "over_fitting": "#fdae6b",
+    "under_training": "#c6dbef",
+    "collapse": "#969696",
 }
 POLARITY_COLOURS = ["#1a9850", "#d73027", "#878787", "#7b3294", "#e08214"]
 
 
 def loss_dynamics(rows: list[dict], path: str | Path) -> None:
-    """Focal, contrastive (train solid, val dashed) and val pair F1 by epoch; the regime of
-    each epoch as the background colour."""
+    """The curves the reading uses: focal, contrastive over its chance level (train solid, val
+    dashed) and val pair F1 by epoch; the regime read after each epoch as its background band."""
     epochs = [r["epoch"] for r in rows]
     panels = [
         ("focal loss", "focal", "val_focal"),
-        ("contrastive loss", "contrastive", "val_contrastive"),
+        ("contrastive / chance", "contrastive_norm", "val_contrastive_norm"),
         ("val pair F1", "val_pair_f1", None),
     ]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7), sharex=True)
@@ -39,10 +42,18 @@ def loss_dynamics(rows: list[dict], path: str | Path) -> None:
         for row in rows:
             colour = REGIME_COLOURS.get(row["regime"], "#ffffff")
             ax.axvspan(row["epoch"] - 0.5, row["epoch"] + 0.5, color=colour, lw=0)
-        ax.plot(epochs, [r[train_key] for r in rows], "o-", label="train" if val_key else "val")
+        ax.plot(
+            epochs,
+            [float(r.get(train_key, "nan")) for r in rows],
+            "o-",
+            label="train" if val_key else "val",
+        )
         if val_key:
-            ax.plot(epochs, [r[val_key] for r in rows], "s--", label="val")
-        ax.set_ylabel(title)
+            ax.plot(epochs, [float(r.get(val_key, "nan")) for r in rows], "s--", label="val")
+        untrained = train_key == "contrastive_norm" and all(
+            float(r.get("contrastive_weight", 1)) == 0 for r in rows
+        )
+        ax.set_ylabel(title + ("\n(weight 0: not read)" if untrained else ""))
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
@@ -51,8 +62,14 @@ def loss_dynamics(rows: list[dict], path: str | Path) -> None:
         for name, c in REGIME_COLOURS.items()
         if any(r["regime"] == name for r in rows)
     ]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=min(5, len(handles) or 1),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

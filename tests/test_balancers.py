@@ -22,10 +22,23 @@ CONTRASTIVE_FALLS = [(0.4, 4.0 * 0.9**t, 0.5) for t in range(12)]
 BOTH_FALL = [(0.7 * 0.85**t, 4.0 * 0.92**t, 0.5) for t in range(12)]
 
 
-def feed(balancer, history, start=0):
-    weights = []
-    for epoch, (focal, contrastive, f1) in enumerate(history, start=start):
-        balancer.end_epoch(epoch, focal, contrastive, f1)
+def as_rows(history, start=0):
+    return [
+        {"epoch": e, "focal": f, "contrastive": c, "contrastive_norm": c / 5, "val_pair_f1": f1}
+        for e, (f, c, f1) in enumerate(history, start=start)
+    ]
+
+
+def feed(balancer, history, first=0, thresholds=None):
+    """What LossDynamics does: read the rows so far, hand the reading to the balancer; from
+    epoch `first` on (a resumed run: the callback's rows come back from the checkpoint)."""
+    weights, rows = [], as_rows(history)
+    for i, row in enumerate(rows[first:], start=first):
+        recipe = dx.Recipe(*balancer.effective_weights())
+        reading = dx.read(
+            rows[: i + 1], recipe, thresholds or getattr(balancer, "thresholds", dx.Thresholds())
+        )
+        balancer.end_epoch(row["epoch"], reading, rows[: i + 1])
         weights.append(balancer.effective_weights())
     return weights
 
@@ -82,16 +95,35 @@ def test_rule_state_round_trips_through_state_dict():
     feed(first, FOCAL_FALLS[:4])
     resumed = RuleBalancer(0.8, 0.2)
     resumed.load_state_dict(first.state_dict())
-    assert feed(resumed, FOCAL_FALLS[4:8], start=4) == expected[4:]
+    assert feed(resumed, FOCAL_FALLS[:8], first=4) == expected[4:]
 
 
 def test_an_epoch_seen_twice_counts_once():
     balancer = RuleBalancer(0.8, 0.2)
     feed(balancer, FOCAL_FALLS[:3])
     before = balancer.effective_weights()
-    balancer.end_epoch(2, *FOCAL_FALLS[2])  # a resumed run re-running epoch 2's end
+    lags = dx.Reading(dx.CONTRASTIVE_LAGS)
+    balancer.end_epoch(2, lags, as_rows(FOCAL_FALLS[:3]))  # a resumed run re-running epoch 2
     assert balancer.effective_weights() == before
-    assert len(balancer.history) == 3
+    assert balancer.epochs_seen == 3
+
+
+@pytest.mark.parametrize("regime", [dx.OVER_FITTING, dx.COLLAPSE, dx.UNDER_TRAINING, dx.STALLED])
+def test_rule_changes_no_weights_outside_the_lag_regimes(regime):
+    balancer = RuleBalancer(0.8, 0.2, thresholds={"window": 2})
+    rows = as_rows(FOCAL_FALLS[:4])
+    for epoch in range(4):
+        balancer.end_epoch(epoch, dx.Reading(regime), rows[: epoch + 1])
+    assert balancer.effective_weights() == pytest.approx((0.8, 0.2))
+
+
+def test_rule_leaves_an_untrained_contrastive_loss_alone():
+    """Contrastive weight 0 is a recipe without that loss: never moved to it."""
+    balancer = RuleBalancer(1.0, 0.0, max_weight=1.0)
+    rows = as_rows(FOCAL_FALLS[:6])
+    for epoch in range(6):
+        balancer.end_epoch(epoch, dx.Reading(dx.CONTRASTIVE_LAGS), rows[: epoch + 1])
+    assert balancer.effective_weights() == pytest.approx((1.0, 0.0))
 
 
 def test_rule_uses_the_configured_thresholds():
@@ -156,10 +188,9 @@ def test_dwa_gives_weight_to_the_loss_that_stopped_falling():
     assert focal_weight + contrastive_weight == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_table_and_the_rule_agree():
-    """The rule applies exactly the suggestion the LossDynamics callback prints."""
-    focal, contrastive, f1 = zip(*FOCAL_FALLS[:3], strict=True)
-    regime = dx.classify(focal, contrastive, f1)
+def test_the_reading_and_the_rule_agree():
+    """The rule applies exactly the override the LossDynamics callback prints."""
+    reading = dx.read(as_rows(FOCAL_FALLS[:3]))
     balancer = RuleBalancer(0.8, 0.2)
     feed(balancer, FOCAL_FALLS[:3])
-    assert balancer.effective_weights() == pytest.approx(dx.suggested_weights(regime, 0.8, 0.2))
+    assert reading.override == dx.weight_override(*balancer.effective_weights())

@@ -1,6 +1,8 @@
-"""The loss-dynamics classifier on synthetic curves: every row of the table, clean and noisy."""
+"""The reading on synthetic curves: every regime, clean and noisy, and its override."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -24,84 +26,210 @@ def settle(start: float, floor: float, epochs: int = EPOCHS) -> list[float]:
     return [floor + (start - floor) * 0.05**t for t in range(epochs)]
 
 
-# (focal, contrastive, val pair F1, regime): one case per row of the table, plus the edges.
+def peaked(epochs: int = EPOCHS) -> list[float]:
+    """Val pair F1 that peaks at epoch 3 and then slides."""
+    return [0.3, 0.4, 0.5, 0.55, 0.54, 0.52, 0.5, 0.48][:epochs]
+
+
+def rows(focal, contrastive, f1, val_focal=None, val_contrastive=None, weights=(0.8, 0.2)):
+    """LossDynamics rows; validation curves default to the training ones."""
+    val_focal = val_focal or focal
+    val_contrastive = val_contrastive or contrastive
+    return [
+        {
+            "epoch": t,
+            "focal": focal[t],
+            "contrastive_norm": contrastive[t],
+            "val_focal": val_focal[t],
+            "val_contrastive_norm": val_contrastive[t],
+            "val_pair_f1": f1[t],
+            "focal_weight": weights[0],
+            "contrastive_weight": weights[1],
+        }
+        for t in range(len(focal))
+    ]
+
+
+MID_RUN = dx.Recipe(max_epochs=100)  # the curves so far of a run with epochs to come
+
+# keyword arguments of rows(), the regime
 CASES = {
-    "both fall": (decay(0.7, 0.15), decay(4.0, 0.08), decay(0.5, -0.05), dx.HEALTHY),
+    "both fall": (
+        dict(focal=decay(0.7, 0.15), contrastive=decay(1.0, 0.08), f1=flat(0.5)),
+        dx.HEALTHY,
+    ),
     "focal falls, contrastive flat": (
-        decay(0.7, 0.15),
-        flat(4.5),
-        decay(0.5, -0.05),
+        dict(focal=decay(0.7, 0.15), contrastive=flat(0.98), f1=flat(0.5)),
         dx.CONTRASTIVE_LAGS,
     ),
     "contrastive falls, focal flat": (
-        flat(0.4),
-        decay(4.0, 0.10),
-        flat(0.5),
+        dict(focal=flat(0.4), contrastive=decay(1.0, 0.10), f1=flat(0.5)),
         dx.FOCAL_LAGS,
     ),
-    "neither falls": (flat(0.7), flat(4.7), flat(0.3), dx.STALLED),
-    "both rise": (decay(0.5, -0.1), decay(3.0, -0.05), flat(0.3), dx.STALLED),
+    "neither falls": (dict(focal=flat(0.7), contrastive=flat(1.0), f1=flat(0.3)), dx.STALLED),
+    "both rise": (
+        dict(focal=decay(0.5, -0.1), contrastive=decay(0.9, -0.05), f1=flat(0.3)),
+        dx.STALLED,
+    ),
     "both flat at a low level, F1 flat": (
-        settle(0.7, 0.1),
-        settle(4.5, 2.0),
-        settle(0.3, 0.72),
+        dict(focal=settle(0.7, 0.1), contrastive=settle(1.0, 0.4), f1=settle(0.3, 0.72)),
         dx.CONVERGED,
     ),
-    # Comparable relative rates, not equal: 10x faster focal means contrastive is flat.
     "focal falls 10x faster": (
-        decay(0.7, 0.30),
-        decay(4.0, 0.03),
-        flat(0.5),
+        dict(focal=decay(0.7, 0.30), contrastive=decay(1.0, 0.03), f1=flat(0.5)),
         dx.CONTRASTIVE_LAGS,
     ),
     "contrastive falls 10x faster": (
-        decay(0.7, 0.025),
-        decay(4.0, 0.25),
-        flat(0.5),
+        dict(focal=decay(0.7, 0.025), contrastive=decay(1.0, 0.25), f1=flat(0.5)),
         dx.FOCAL_LAGS,
     ),
-    "low and flat, F1 still rising": (
-        settle(0.7, 0.1),
-        settle(4.5, 2.0),
-        [0.3 + 0.03 * t for t in range(EPOCHS)],
-        dx.HEALTHY,
+    "val F1 still rising at the end": (
+        dict(
+            focal=decay(0.7, 0.15),
+            contrastive=flat(0.98),
+            f1=[0.3 + 0.03 * t for t in range(EPOCHS)],
+        ),
+        dx.UNDER_TRAINING,
     ),
-    # Flat from the start: not converged (never fell), stalled.
-    "flat at the starting level": (flat(0.69), flat(4.6), flat(0.0), dx.STALLED),
+    "train falls, val rises, F1 peaked": (
+        dict(
+            focal=decay(0.7, 0.15),
+            contrastive=decay(1.0, 0.08),
+            f1=peaked(),
+            val_focal=[0.5, 0.45, 0.42, 0.41, 0.43, 0.45, 0.48, 0.5],
+        ),
+        dx.OVER_FITTING,
+    ),
+    "flat at the starting level": (
+        dict(focal=flat(0.69), contrastive=flat(1.0), f1=flat(0.0)),
+        dx.STALLED,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_row_of_the_table(case):
-    focal, contrastive, f1, expected = CASES[case]
-    assert dx.classify(focal, contrastive, f1) == expected
+def test_every_regime(case):
+    kwargs, expected = CASES[case]
+    assert dx.read(rows(**kwargs), MID_RUN).regime == expected
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("seed", range(10))
-def test_every_row_with_noisy_curves(case, seed):
+def test_every_regime_with_noisy_curves(case, seed):
     """2% multiplicative noise per epoch (more than epoch means of real runs show), window 5."""
-    focal, contrastive, f1, expected = CASES[case]
+    kwargs, expected = CASES[case]
     g = torch.Generator().manual_seed(seed)
 
     def noisy(values, scale=0.02):
         return (torch.tensor(values) * (1 + scale * torch.randn(len(values), generator=g))).tolist()
 
-    f1_noisy = [v + 0.002 * float(torch.randn(1, generator=g)) for v in f1]
-    thresholds = dx.Thresholds(window=5)
-    assert dx.classify(noisy(focal), noisy(contrastive), f1_noisy, thresholds) == expected
+    noisy_kwargs = {k: noisy(v) if k != "f1" else v for k, v in kwargs.items()}
+    noisy_kwargs["f1"] = [v + 0.002 * float(torch.randn(1, generator=g)) for v in kwargs["f1"]]
+    reading = dx.read(rows(**noisy_kwargs), MID_RUN, dx.Thresholds(window=5))
+    assert reading.regime == expected
+
+
+def test_every_regime_has_words_and_a_test():
+    regimes = {expected for _, expected in CASES.values()} | {dx.WARMING_UP, dx.COLLAPSE}
+    assert regimes == set(dx.REGIMES) == set(dx.ADVICE)
+    assert all("push" not in advice for advice in dx.ADVICE.values())
+
+
+def test_a_run_that_used_every_epoch_with_val_loss_still_falling_is_under_trained():
+    """Lagging contrastive mid-run; at the last epoch, with val focal falling, train longer."""
+    kwargs = CASES["focal falls, contrastive flat"][0]
+    assert dx.read(rows(**kwargs), dx.Recipe(max_epochs=8)).regime == dx.UNDER_TRAINING
+    flat_val = rows(**kwargs, val_focal=flat(0.3))
+    assert dx.read(flat_val, dx.Recipe(max_epochs=8)).regime == dx.CONTRASTIVE_LAGS
+
+
+def test_overrides_are_runnable_hydra_overrides():
+    recipe = dx.Recipe(lr=1e-3, encoder_lr=2e-3, max_epochs=60)
+    lags = dx.read(rows(**CASES["focal falls, contrastive flat"][0]), recipe)
+    assert lags.override == "loss.focal_weight=0.7 loss.contrastive_weight=0.3"
+    under = dx.read(rows(**CASES["val F1 still rising at the end"][0]), recipe)
+    assert under.override == "trainer.max_epochs=120"
+    over = dx.read(rows(**CASES["train falls, val rises, F1 peaked"][0]), recipe)
+    assert over.override == "optimizer.lr=0.0005 model.encoder_lr=0.001"
+    # Stalled: a loss that rose is an lr too high; one that never moved, too low.
+    rose = dx.read(rows(**CASES["both rise"][0]), recipe)
+    assert rose.override == "optimizer.lr=0.0001 model.encoder_lr=0.0002"
+    still = dx.read(rows(**CASES["flat at the starting level"][0]), recipe)
+    assert still.override == "optimizer.lr=0.003 model.encoder_lr=0.006"
+    assert dx.read(rows(**CASES["both fall"][0]), recipe).override == ""
+
+
+def test_evidence_gives_the_slopes():
+    reading = dx.read(rows(**CASES["focal falls, contrastive flat"][0]), MID_RUN)
+    assert reading.evidence["focal_slope"] == pytest.approx(
+        dx.relative_slope(decay(0.7, 0.15)[-3:])
+    )
+    assert reading.evidence["contrastive_slope"] == pytest.approx(0.0)
+    assert "focal_slope=-0.1" in reading.evidence_line()
+
+
+def test_a_contrastive_loss_with_weight_0_has_no_regime():
+    """Not trained, its flat curve asks for nothing: focal falling alone is healthy."""
+    kwargs = CASES["focal falls, contrastive flat"][0]
+    reading = dx.read(rows(**kwargs, weights=(1.0, 0.0)), MID_RUN)
+    assert (reading.regime, reading.override) == (dx.HEALTHY, "")
+    assert "contrastive_slope" not in reading.evidence
+    flat_focal = rows(**CASES["contrastive falls, focal flat"][0], weights=(1.0, 0.0))
+    assert dx.read(flat_focal, MID_RUN).regime == dx.STALLED  # not focal_lags
+    assert dx.suggested_weights(dx.CONTRASTIVE_LAGS, 1.0, 0.0) is None
+
+
+def test_collapse_comes_first_and_names_the_heads():
+    healthy = rows(**CASES["both fall"][0])
+    reading = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C", "D"], aspects_with_gold=5)
+    assert reading.regime == dx.COLLAPSE
+    assert reading.override == "loss.focal.alpha=inverse_frequency"
+    assert reading.evidence["collapsed"] == "A;B;C;D"
+    set_already = dx.Recipe(focal_alpha="inverse_frequency", lr=1e-3, encoder_lr=1e-3)
+    lower_lr = dx.read(healthy, set_already, troubled_aspects=["A"], aspects_with_gold=1)
+    assert lower_lr.override == "optimizer.lr=0.0005 model.encoder_lr=0.0005"
+    # Three heads of four are below collapse_aspects (0.8): the curves decide.
+    three = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C"], aspects_with_gold=4)
+    assert three.regime == dx.HEALTHY
+
+
+def test_collapsed_heads_from_class_counts():
+    # (A, C) counts, C = absent + 3 polarities, 100 cells an aspect.
+    gold = torch.tensor([[90, 5, 5, 0], [50, 40, 10, 0], [100, 0, 0, 0], [60, 20, 20, 0]])
+    predicted = torch.tensor([[100, 0, 0, 0], [0, 100, 0, 0], [100, 0, 0, 0], [55, 25, 20, 0]])
+    # 0: "absent" everywhere, mentioned in gold; 1: Positive everywhere (40% of gold);
+    # 2: never mentioned in gold (not counted); 3: a spread like gold's.
+    assert dx.collapsed_aspects(gold, predicted, share=0.99) == [0, 1]
+
+
+def test_contrastive_chance_is_supcon_at_uniform_similarity():
+    """With every embedding equal, SupCon is exactly log(candidates): chance = the loss."""
+    from absa_lightning.losses import SupConLoss
+
+    labels = torch.tensor([[1, 0, 2], [1, 2, 0], [2, 1, 1], [0, 0, 3]])
+    same = torch.nn.functional.normalize(torch.ones(4, 3, 8), dim=-1)
+    for negatives in ("all", "same_aspect"):
+        loss = SupConLoss(negatives=negatives)(same, labels)
+        assert float(dx.contrastive_chance(labels, negatives)) == pytest.approx(
+            float(loss), rel=1e-5
+        )
+    # Batch size drops out: a batch twice as big has chance log(2n - 1), not log(n - 1).
+    assert float(dx.contrastive_chance(labels.repeat(2, 1))) == pytest.approx(math.log(15))
+    assert float(dx.contrastive_chance(torch.zeros(2, 3, dtype=torch.long))) == 1.0
 
 
 def test_the_regime_reads_only_the_last_window_of_epochs():
     focal = decay(0.7, 0.2, 4) + flat(0.7 * 0.8**3, 3)
-    contrastive = flat(4.5, 4) + decay(4.5, 0.1, 3)
-    assert dx.classify(focal[:4], contrastive[:4]) == dx.CONTRASTIVE_LAGS
-    assert dx.classify(focal, contrastive) == dx.FOCAL_LAGS
+    contrastive = flat(0.98, 4) + decay(0.98, 0.1, 3)
+    f1 = flat(0.5, 7)
+    assert dx.read(rows(focal[:4], contrastive[:4], f1[:4])).regime == dx.CONTRASTIVE_LAGS
+    assert dx.read(rows(focal, contrastive, f1), MID_RUN).regime == dx.FOCAL_LAGS
 
 
 def test_too_few_epochs_is_warming_up():
-    assert dx.classify([0.7, 0.5], [4.0, 3.0]) == dx.WARMING_UP
-    assert dx.classify([0.7, 0.5], [4.0, 3.0], thresholds=dx.Thresholds(window=2)) != dx.WARMING_UP
+    two = rows([0.7, 0.5], [1.0, 0.9], [0.1, 0.1])
+    assert dx.read(two).regime == dx.WARMING_UP
+    assert dx.read(two, thresholds=dx.Thresholds(window=2)).regime != dx.WARMING_UP
 
 
 def test_flat_threshold_is_relative_to_the_loss_level():
@@ -109,7 +237,7 @@ def test_flat_threshold_is_relative_to_the_loss_level():
     small = [0.1 - 0.01 * t for t in range(4)]
     large = [4.0 - 0.01 * t for t in range(4)]
     assert dx.relative_slope(small) < -0.02 < dx.relative_slope(large)
-    assert dx.classify(small, large) == dx.CONTRASTIVE_LAGS
+    assert dx.read(rows(small, large, flat(0.5, 4))).regime == dx.CONTRASTIVE_LAGS
 
 
 def test_slope_is_the_least_squares_fit():
@@ -126,38 +254,21 @@ def test_suggested_weights_follow_the_table():
     assert dx.suggested_weights(dx.CONTRASTIVE_LAGS, 0.8, 0.2) == pytest.approx((0.7, 0.3))
     assert dx.suggested_weights(dx.FOCAL_LAGS, 0.8, 0.2) == pytest.approx((0.9, 0.1))
     assert dx.suggested_weights(dx.FOCAL_LAGS, 0.95, 0.05) == pytest.approx((1.0, 0.0))
-    for regime in (dx.HEALTHY, dx.STALLED, dx.CONVERGED, dx.WARMING_UP):
+    for regime in set(dx.REGIMES) - {dx.CONTRASTIVE_LAGS, dx.FOCAL_LAGS}:
         assert dx.suggested_weights(regime, 0.8, 0.2) is None
-
-
-def test_override_line_is_pasteable():
-    line = dx.override_line(dx.suggested_weights(dx.CONTRASTIVE_LAGS, 0.8, 0.2))
-    assert line == "loss.focal_weight=0.7 loss.contrastive_weight=0.3"
-    assert dx.override_line(None) == ""
-
-
-def test_words_never_say_the_loss_pushes():
-    """A lower contrastive loss means the embeddings are already close, not a harder push."""
-    assert all("push" not in advice for advice in dx.ADVICE.values())
-    assert set(dx.ADVICE) == {
-        dx.HEALTHY,
-        dx.CONTRASTIVE_LAGS,
-        dx.FOCAL_LAGS,
-        dx.STALLED,
-        dx.CONVERGED,
-        dx.WARMING_UP,
-    }
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("window", 1), ("flat_threshold", 0), ("rate_ratio", 0.5), ("converged_drop", 1.0)],
+    [
+        ("window", 1),
+        ("flat_threshold", 0),
+        ("rate_ratio", 0.5),
+        ("converged_drop", 1.0),
+        ("collapse_share", 0),
+        ("collapse_aspects", 1.5),
+    ],
 )
 def test_bad_thresholds_name_the_key(field, value):
     with pytest.raises(ValueError, match=f"diagnostics.{field}"):
         dx.Thresholds(**{field: value})
-
-
-def test_histories_of_different_lengths_are_refused():
-    with pytest.raises(ValueError, match="3 focal values but 2 contrastive"):
-        dx.classify([1, 2, 3], [1, 2])

@@ -68,7 +68,12 @@ def test_run_folder_holds_the_dynamics_and_the_pictures(rule_run):
         assert (run_dir / f"{name}.png").read_bytes()[:8] == PNG, name
 
 
-def test_dynamics_are_the_logged_epoch_means_and_the_classifier_regimes(rule_run):
+def recipe_of(rows_so_far, lr=1e-3):
+    last = rows_so_far[-1]
+    return dx.Recipe(float(last["focal_weight"]), float(last["contrastive_weight"]), lr, lr, EPOCHS)
+
+
+def test_dynamics_are_the_logged_epoch_means_and_the_readings(rule_run):
     run_dir, _ = rule_run
     rows = read_csv(run_dir / "loss_dynamics.csv")
     logged = {
@@ -77,38 +82,34 @@ def test_dynamics_are_the_logged_epoch_means_and_the_classifier_regimes(rule_run
     thresholds = dx.Thresholds(window=2)
     for i, row in enumerate(rows):
         epoch = logged[int(row["epoch"])]
-        assert float(row["focal"]) == pytest.approx(float(epoch["train/focal_loss_epoch"]))
-        assert float(row["contrastive"]) == pytest.approx(
-            float(epoch["train/contrastive_loss_epoch"])
-        )
-        assert float(row["focal_weight"]) == pytest.approx(float(epoch["train/focal_weight_eff"]))
+        for column, key in (
+            ("focal", "train/focal_loss_epoch"),
+            ("contrastive", "train/contrastive_loss_epoch"),
+            ("contrastive_norm", "train/contrastive_norm_epoch"),
+            ("focal_weight", "train/focal_weight_eff"),
+        ):
+            assert float(row[column]) == pytest.approx(float(epoch[key])), column
+        # Over its chance level: near 1 for an untrained tiny model, on train and val alike.
+        assert 0.5 < float(row["contrastive_norm"]) < 1.2
+        assert 0.5 < float(row["val_contrastive_norm"]) < 1.2
         history = rows[: i + 1]
-        expected = dx.classify(
-            [float(r["focal"]) for r in history],
-            [float(r["contrastive"]) for r in history],
-            [float(r["val_pair_f1"]) for r in history],
-            thresholds,
+        troubled = [a for a in row["collapsed"].split(";") if a]
+        expected = dx.read(
+            history, recipe_of(history), thresholds, troubled, int(row["aspects_with_gold"])
         )
-        assert row["regime"] == expected
-        weights = (float(row["focal_weight"]), float(row["contrastive_weight"]))
-        suggestion = dx.suggested_weights(expected, *weights)
-        assert row["override"] == dx.override_line(suggestion)
+        assert (row["regime"], row["override"]) == (expected.regime, expected.override)
+        assert row["evidence"] == expected.evidence_line()
 
 
-def test_rule_balancer_applied_the_table_between_epochs(rule_run):
-    """Replaying the rule on the recorded curves gives the weights the run trained with."""
+def test_rule_balancer_acted_on_the_readings_between_epochs(rule_run):
+    """Replaying the rule on the recorded readings gives the weights the run trained with."""
     run_dir, _ = rule_run
     rows = read_csv(run_dir / "loss_dynamics.csv")
     replay = RuleBalancer(0.8, 0.2, thresholds={"window": 2})
-    for row in rows:
+    for i, row in enumerate(rows):
         used = (float(row["focal_weight"]), float(row["contrastive_weight"]))
         assert used == pytest.approx(replay.effective_weights())
-        replay.end_epoch(
-            int(row["epoch"]),
-            float(row["focal"]),
-            float(row["contrastive"]),
-            float(row["val_pair_f1"]),
-        )
+        replay.end_epoch(int(row["epoch"]), dx.Reading(row["regime"]), rows[: i + 1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     final = metrics["effective_weights"]
     assert (final["focal_weight"], final["contrastive_weight"]) == pytest.approx(
@@ -116,6 +117,7 @@ def test_rule_balancer_applied_the_table_between_epochs(rule_run):
     )
     assert metrics["diagnosis"]["regime"] == rows[-1]["regime"]
     assert metrics["diagnosis"]["advice"] == dx.ADVICE[rows[-1]["regime"]]
+    assert metrics["diagnosis"]["evidence"] == rows[-1]["evidence"]
 
 
 def test_embedding_scores_logged_at_start_every_n_epochs_and_end(rule_run):
@@ -136,9 +138,12 @@ def test_embedding_scores_logged_at_start_every_n_epochs_and_end(rule_run):
 def test_console_table_at_the_end_of_training(rule_run):
     run_dir, stdout = rule_run
     header = next(line for line in stdout.splitlines() if "focal" in line and "status" in line)
-    assert [w for w in ("epoch", "focal", "contr", "pair F1", "status") if w not in header] == []
+    columns = ("epoch", "focal", "contr", "val focal", "val contr", "pair F1", "status")
+    assert [w for w in columns if w not in header] == []
     last = read_csv(run_dir / "loss_dynamics.csv")[-1]
-    assert last["regime"].replace("_", " ") in stdout
+    assert f"reading: {last['regime'].replace('_', ' ')}" in stdout
+    # The evidence: the slopes the reading used (rich may wrap the line).
+    assert "evidence: focal_slope=" in stdout
 
 
 def test_checkpoints_from_before_the_balancer_still_load(rule_run, tmp_path):
@@ -182,7 +187,9 @@ def test_loss_dynamics_state_comes_back_from_a_checkpoint():
         e: {
             "epoch": e,
             "focal": 0.5 - 0.1 * e,
-            "contrastive": 4.0,
+            "contrastive_norm": 0.9,
+            "val_focal": 0.4,
+            "val_contrastive_norm": 0.95,
             "val_pair_f1": 0.3,
             "regime": dx.WARMING_UP,
             "override": "",
@@ -195,7 +202,7 @@ def test_loss_dynamics_state_comes_back_from_a_checkpoint():
     console = Console(record=True, width=120)
     console.print(restored.table())
     text = console.export_text()
-    assert "warming up" in text and "0.3000" in text
+    assert "warming up" in text and "0.3000" in text and "0.9500" in text
 
 
 def naive_scores(z: torch.Tensor, aspects: list[int], polarities: list[int]) -> dict:

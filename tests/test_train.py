@@ -78,6 +78,7 @@ def test_run_writes_metrics_checkpoints_and_both_loss_curves(trained_run: Path) 
         "focal_loss",
         "contrastive_loss",
         "loss",
+        "contrastive_norm",  # the contrastive loss over its chance level (diagnostics)
     }
     assert {k.removeprefix("test/") for k in metrics["test"]} == expected
     assert all(0 <= metrics["test"][f"test/{k}"] <= 1 for k in ("aspect_f1", "pair_f1"))
@@ -123,7 +124,8 @@ def test_eval_reproduces_the_test_metrics_of_the_checkpoint(
     )
     evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
     # A checkpoint is loaded for inference, without the losses: the scores, not the loss values.
-    scores = {k: v for k, v in metrics["test"].items() if k.split("/")[-1] not in LOSS_KEYS}
+    losses = (*LOSS_KEYS, "contrastive_norm")
+    scores = {k: v for k, v in metrics["test"].items() if k.split("/")[-1] not in losses}
     assert {"test/pair_f1", "test/aspect_f1"} <= set(scores) == set(evaluated["test"])
     for key, value in scores.items():
         assert evaluated["test"][key] == pytest.approx(value, abs=1e-5), key

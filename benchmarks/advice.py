@@ -1,0 +1,239 @@
+"""The advice benchmark: deliberately varied short runs, each read and its advice checked.
+
+    python -m benchmarks.advice [--only ROW ...] [--datasets visfd mams] [--reuse]
+
+For every dataset of benchmarks/advice.yaml whose `conf/data/<data>.yaml` exists and every row:
+train the row's recipe (common + dataset + row overrides), read it with `absa-advise`, and when
+the reading has an override, run `absa-advise --check` (same recipe and seed, override added).
+Reports, per run, the reading, its evidence, the override and the change in best val pair F1
+(test too, labelled), then the share of advice that raised val pair F1 and the share of rows
+with a constructed problem whose reading named it, against their targets; the thresholds used
+are the run's `diagnostics.*`. Runs are sequential (2 cores) under outputs/bench-advice/; with
+`--reuse`, a run folder holding a metrics.json is read instead of trained again.
+Writes benchmarks/results/advice.md and advice.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from absa_lightning import advise, diagnostics
+from benchmarks.results import REPO, Section, Target, environment, write_results
+
+SETTINGS = Path(__file__).with_name("advice.yaml")
+OUTPUT_ROOT = REPO / "outputs" / "bench-advice"
+COLUMNS = [
+    "dataset",
+    "row",
+    "problem",
+    "reading",
+    "named",
+    "evidence",
+    "override",
+    "val_before",
+    "val_after",
+    "val_change",
+    "test_change",
+    "minutes",
+]
+
+
+def merged(*groups: Sequence[str]) -> list[str]:
+    """Overrides in order, a later one replacing an earlier one of the same key."""
+    by_key: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        key = advise._key(override)
+        if key in by_key and override.startswith("+") and not by_key[key].startswith("~"):
+            by_key.pop(key)
+        by_key[key] = override
+    return list(by_key.values())
+
+
+def train_run(overrides: list[str], run_dir: Path, reuse: bool) -> float:
+    """Train into `run_dir` (emptied first unless reused); the minutes it took."""
+    if reuse and (run_dir / "metrics.json").is_file():
+        print(f"  reusing {run_dir}", flush=True)
+        return 0.0
+    shutil.rmtree(run_dir, ignore_errors=True)
+    started = time.perf_counter()
+    command = [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "bench.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-1:]
+        raise RuntimeError(f"{run_dir}: train.py failed: {tail}")
+    return (time.perf_counter() - started) / 60
+
+
+def named(regime: str, row: Any) -> bool | None:
+    """Whether the reading names the row's constructed problem; None: no problem constructed."""
+    expect, avoid = list(row.get("expect") or []), list(row.get("avoid") or [])
+    if not expect and not avoid:
+        return None
+    return (not expect or regime in expect) and regime not in avoid
+
+
+def run_row(dataset: str, name: str, row: Any, settings: Any, reuse: bool) -> dict[str, Any]:
+    folder = OUTPUT_ROOT / dataset / name
+    data = settings.datasets[dataset]
+    overrides = merged(
+        settings.common_overrides,
+        [f"data={data.data}", *data.overrides],
+        row.overrides,
+        [f"seed={settings.seed}"],
+    )
+    minutes = train_run(overrides, folder / "run", reuse)
+    run = advise.read_run(folder / "run")
+    print(advise.describe(run), flush=True)
+    result: dict[str, Any] = {
+        "dataset": dataset,
+        "row": name,
+        "problem": row.label,
+        "reading": run.reading.regime,
+        "named": named(run.reading.regime, row),
+        "evidence": run.reading.evidence_line(),
+        "override": run.reading.override,
+        "val_before": run.best_val_pair_f1,
+    }
+    if run.reading.override:
+        check_dir = folder / "check"
+        if not (reuse and _checked(check_dir, run.reading.override)):
+            shutil.rmtree(check_dir, ignore_errors=True)
+            started = time.perf_counter()
+            checked = advise.check(run, check_dir)
+            minutes += (time.perf_counter() - started) / 60
+        else:
+            print(f"  reusing {check_dir}", flush=True)
+            checked = _reused_check(run, check_dir)
+        print(advise.describe_check(checked), flush=True)
+        result.update(
+            val_after=checked["val_pair_f1_after"],
+            val_change=checked["val_pair_f1_change"],
+            test_change=checked["test_pair_f1_change"],
+        )
+    result["minutes"] = round(minutes, 1)
+    return result
+
+
+def _checked(check_dir: Path, override: str) -> bool:
+    """Whether a finished check run in `check_dir` ran `override`."""
+    overrides = check_dir / ".hydra" / "overrides.yaml"
+    if not (check_dir / "metrics.json").is_file() or not overrides.is_file():
+        return False
+    ran = {str(o) for o in OmegaConf.load(overrides)}
+    return all(o in ran for o in override.split())
+
+
+def _reused_check(run: advise.RunReading, check_dir: Path) -> dict[str, Any]:
+    val, test = advise._scores(check_dir)
+    return {
+        "check_dir": str(check_dir),
+        "val_pair_f1_before": run.best_val_pair_f1,
+        "val_pair_f1_after": val,
+        "val_pair_f1_change": val - run.best_val_pair_f1,
+        "test_pair_f1_before": run.test_pair_f1,
+        "test_pair_f1_after": test,
+        "test_pair_f1_change": None if test is None else test - run.test_pair_f1,
+    }
+
+
+def summarise(results: list[dict[str, Any]], settings: Any) -> Section:
+    checked = [r for r in results if r.get("val_change") is not None]
+    raised = [r for r in checked if r["val_change"] > 0]
+    judged = [r for r in results if r["named"] is not None]
+    named_rows = [r for r in judged if r["named"]]
+    targets = []
+    if checked:
+        targets.append(
+            Target(
+                "advice that raised best val pair F1",
+                round(len(raised) / len(checked), 3),
+                ">=",
+                settings.targets.advice_raised_val_f1,
+                f"{len(raised)} of {len(checked)} overrides",
+            )
+        )
+    if judged:
+        targets.append(
+            Target(
+                "constructed problem named by the reading",
+                round(len(named_rows) / len(judged), 3),
+                ">=",
+                settings.targets.problem_named,
+                f"{len(named_rows)} of {len(judged)} rows",
+            )
+        )
+    thresholds = diagnostics.Thresholds()
+    return Section(
+        title="Advice checked: each run's reading, its override, and what the override did",
+        columns=COLUMNS,
+        rows=results,
+        targets=targets,
+        notes=[
+            "val_change: best val pair F1 of the check run (same recipe and seed, override "
+            "added) minus the run's; test_change: the same on test, for information.",
+            f"thresholds (diagnostics.*): {thresholds}",
+            "the tiny model, 40 train / 10 val / 10 test batches, 6 epochs unless the row says "
+            "otherwise (benchmarks/advice.yaml); timings on a shared 2-core machine.",
+        ],
+    )
+
+
+def available(settings: Any, only: Sequence[str] | None) -> list[str]:
+    names = [d for d in settings.datasets if not only or d in only]
+    present = [
+        d for d in names if (REPO / "conf" / "data" / f"{settings.datasets[d].data}.yaml").is_file()
+    ]
+    for d in sorted(set(names) - set(present)):
+        print(f"dataset {d}: conf/data/{settings.datasets[d].data}.yaml not here yet, skipped")
+    return present
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="benchmarks.advice", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="rows to run (default: all)")
+    parser.add_argument("--datasets", nargs="*", help="datasets to run (default: all present)")
+    parser.add_argument("--reuse", action="store_true", help="read finished run folders")
+    parser.add_argument("--name", default="advice", help="results file name (benchmarks/results)")
+    args = parser.parse_args(argv)
+    settings = OmegaConf.load(SETTINGS)
+    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # the runs' and the checks' threads
+    started = time.perf_counter()
+    results = []
+    for dataset in available(settings, args.datasets):
+        for name, row in settings.rows.items():
+            if args.only and name not in args.only:
+                continue
+            print(f"== {dataset} / {name}: {row.label}", flush=True)
+            try:
+                results.append(run_row(dataset, name, row, settings, args.reuse))
+            except (RuntimeError, advise.UserError) as e:
+                print(f"  failed: {e}", flush=True)
+                results.append(
+                    {
+                        "dataset": dataset,
+                        "row": name,
+                        "problem": row.label,
+                        "reading": f"failed: {e}",
+                    }
+                )
+    section = summarise(results, settings)
+    env = environment([settings.seed], quick=False)
+    env["mode"] = "advice"
+    md_path, _ = write_results([section], env, time.perf_counter() - started, args.name)
+    print(md_path.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
