@@ -16,9 +16,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from absa_lightning import report
+from absa_lightning import report, thresholds
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
+from absa_lightning.models.network import class_priors
 from absa_lightning.module import AspectSentimentModule, check_loss_weights
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
 
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
     loss["focal"]["alpha"] = focal_alpha(loss["focal"].get("alpha"), datamodule.class_counts())
+    head = OmegaConf.to_container(cfg.model.head, resolve=True)
+    if head.pop("prior_bias_init", False):
+        priors = class_priors(datamodule.datasets["train"].labels, 1 + len(datamodule.polarities))
+        head["class_priors"] = priors.tolist()
     model = AspectSentimentModule(
         encoder,
         tokenizer,
         aspects=datamodule.aspects,
         polarities=datamodule.polarities,
         loss=loss,
-        head=OmegaConf.to_container(cfg.model.head, resolve=True),
+        head=head,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         encoder_lr=cfg.model.encoder_lr,
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
@@ -79,11 +84,23 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
     return datamodule, model
 
 
+def scale_training_length(cfg: DictConfig, num_comments: int) -> None:
+    """Set `trainer.max_epochs` and the early-stopping patience from `cfg.training_length`."""
+    scaled = instantiate(cfg.training_length).for_data(num_comments, cfg.data.batch_size)
+    if scaled is None:
+        return
+    cfg.trainer.max_epochs, patience = scaled
+    if cfg.callbacks and cfg.callbacks.get("early_stopping") is not None:
+        cfg.callbacks.early_stopping.patience = patience
+    log.info("%d training comments: max_epochs %d, patience %d", num_comments, *scaled)
+
+
 def train(cfg: DictConfig) -> dict:
     """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.output_dir)
     datamodule, model = build(cfg)
+    scale_training_length(cfg, len(datamodule.datasets["train"]))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger)
     )
@@ -103,6 +120,21 @@ def train(cfg: DictConfig) -> dict:
     best_val = report.scalars(
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
     )
+    argmax_decoding = {}
+    if cfg.tune_thresholds:  # the model holds the best weights: tune them on dev, then score
+        argmax_decoding = {
+            "best_val": best_val,
+            "test": report.scalars(
+                trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+            ),
+        }
+        thresholds.tune_on_dev(
+            model, datamodule, cfg.threshold_grid_step, best, write=trainer.is_global_zero
+        )
+        trainer.strategy.barrier()  # the checkpoint holds them before any process reloads it
+        best_val = report.scalars(
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+        )
     test = report.scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0])
     per_aspect = report.per_aspect_rows(datamodule.aspects, model.test_per_aspect)
 
@@ -116,6 +148,8 @@ def train(cfg: DictConfig) -> dict:
         },
         **readings,
         "per_aspect": per_aspect,
+        "thresholds": model.thresholds,  # tuned on dev; {}: argmax decoding
+        **({"argmax_decoding": argmax_decoding} if argmax_decoding else {}),
         "fit_seconds": fit_seconds,
         "epochs_trained": trainer.current_epoch,  # fewer than max_epochs after early stopping
         "best_checkpoint": best,

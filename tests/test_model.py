@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from absa_lightning.models import AspectSentimentNet, packaged_minilm, scratch_bert
-from absa_lightning.models.network import learned_query_attention
+from absa_lightning.models.network import class_priors, learned_query_attention
 from absa_lightning.module import AspectSentimentModule
 
 TEXTS = [
@@ -134,3 +134,25 @@ def test_learned_query_attention_equals_multihead_attention() -> None:
         [learned_query_attention(attention, queries, tokens, padding) for _ in range(2000)]
     )
     torch.testing.assert_close(draws.mean(0), expected, atol=0.05, rtol=0)
+
+
+def test_prior_bias_init_starts_the_softmax_at_the_training_priors() -> None:
+    labels = torch.tensor([[0, 1], [0, 0], [2, 0], [0, 3], [0, 0], [1, 0]])  # (N, A) classes
+    priors = class_priors(labels, num_classes=4)
+    # Aspect 0: absent 3, Positive 2, Negative 1, Neutral 0 of 6, each + 1 (add-one).
+    torch.testing.assert_close(priors[0], torch.tensor([4.0, 3.0, 2.0, 1.0]) / 10)
+    tokenizer, encoder = tiny_encoder()
+    net = AspectSentimentNet(
+        encoder, 2, 4, projection_dim=8, attention_heads=2, class_priors=priors
+    )
+    batch = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        mean_softmax = net.eval()(batch["input_ids"], batch["attention_mask"]).logits.softmax(-1)
+    # The classifier weights start near 0 (std 0.02), so the bias decides the first softmax.
+    torch.testing.assert_close(mean_softmax.mean(dim=0), priors, atol=0.02, rtol=0)
+    plain = AspectSentimentNet(encoder, 2, 4, projection_dim=8, attention_heads=2)
+    with torch.no_grad():
+        uniform = plain.eval()(batch["input_ids"], batch["attention_mask"]).logits.softmax(-1)
+    assert (uniform.mean(dim=0) - priors).abs().max() > 0.1  # without it: about 1/4 each
+    with pytest.raises(ValueError, match=r"head.class_priors has shape \(4,\), expected \(2, 4\)"):
+        AspectSentimentNet(encoder, 2, 4, attention_heads=2, class_priors=[0.25] * 4)
