@@ -129,7 +129,12 @@ def train(cfg: DictConfig) -> dict:
             ),
         }
         thresholds.tune_on_dev(
-            model, datamodule, cfg.threshold_grid_step, best, write=trainer.is_global_zero
+            model,
+            datamodule,
+            cfg.threshold_grid_step,
+            best,
+            objective=cfg.threshold_objective,
+            write=trainer.is_global_zero,
         )
         trainer.strategy.barrier()  # the checkpoint holds them before any process reloads it
         best_val = report.scalars(

@@ -156,3 +156,16 @@ def test_prior_bias_init_starts_the_softmax_at_the_training_priors() -> None:
     assert (uniform.mean(dim=0) - priors).abs().max() > 0.1  # without it: about 1/4 each
     with pytest.raises(ValueError, match=r"head.class_priors has shape \(4,\), expected \(2, 4\)"):
         AspectSentimentNet(encoder, 2, 4, attention_heads=2, class_priors=[0.25] * 4)
+
+
+def test_build_sets_the_bias_from_the_training_split(small_visfd: Path, tmp_path: Path) -> None:
+    from conftest import TINY, compose_train
+
+    from absa_lightning.train import build
+
+    overrides = [*TINY, f"data.root={small_visfd}", "model.head.prior_bias_init=true"]
+    datamodule, model = build(compose_train(overrides, tmp_path))
+    priors = class_priors(datamodule.datasets["train"].labels, 4)
+    torch.testing.assert_close(model.net.classifier_bias.detach().softmax(dim=-1), priors)
+    assert "prior_bias_init" not in model.hparams.head  # plain data: the priors themselves
+    torch.testing.assert_close(torch.tensor(model.hparams.head["class_priors"]), priors)

@@ -40,9 +40,10 @@ def quiet_aspect_case() -> tuple[torch.Tensor, torch.Tensor]:
     return probs, labels
 
 
-def test_tuned_threshold_beats_argmax_where_argmax_misses() -> None:
+@pytest.mark.parametrize("objective", ["pair_f1", "pair_f1_per_aspect"])
+def test_tuned_threshold_beats_argmax_where_argmax_misses(objective: str) -> None:
     probs, labels = quiet_aspect_case()
-    tuned = tune(probs, labels, threshold_grid(0.05))
+    tuned = tune(probs, labels, threshold_grid(0.05), objective)
     assert 0.10 < tuned[0] <= 0.45  # between the non-mentions' and the mentions' P(mentioned)
     assert math.isnan(tuned[1])  # argmax is perfect there: kept (ties go to argmax)
     argmax_f1 = pair_f1(probs.argmax(dim=-1), labels)
@@ -52,17 +53,30 @@ def test_tuned_threshold_beats_argmax_where_argmax_misses() -> None:
     assert by_aspect(tuned, ["A", "B"]) == {"A": pytest.approx(float(tuned[0]))}
 
 
-def test_tuned_thresholds_never_lose_to_argmax_on_the_data_they_were_tuned_on() -> None:
+def random_case() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     probs = torch.rand(200, 5, 4, generator=generator).softmax(dim=-1)
     labels = torch.randint(0, 4, (200, 5), generator=generator)
     labels[labels == 3] = 0  # mostly absent
-    tuned = tune(probs, labels, threshold_grid(0.05))
+    return probs, labels
+
+
+def test_micro_tuning_never_loses_to_argmax_on_the_data_it_was_tuned_on() -> None:
+    probs, labels = random_case()
+    tuned = tune(probs, labels, threshold_grid(0.05), objective="pair_f1")
+    assert pair_f1(decode(probs, tuned), labels) > pair_f1(probs.argmax(dim=-1), labels)
+
+
+def test_per_aspect_tuning_never_loses_to_argmax_on_any_aspect() -> None:
+    probs, labels = random_case()
+    tuned = tune(probs, labels, threshold_grid(0.05), objective="pair_f1_per_aspect")
     for a in range(5):  # per aspect: the objective it maximises
         cell = (slice(None), slice(a, a + 1))
         assert pair_f1(decode(probs[cell], tuned[a : a + 1]), labels[cell]) >= pair_f1(
             probs[cell].argmax(dim=-1), labels[cell]
         )
+    with pytest.raises(ValueError, match="threshold_objective must be one of"):
+        tune(probs, labels, threshold_grid(0.05), objective="accuracy")
 
 
 def test_threshold_grid() -> None:
