@@ -188,6 +188,7 @@ class AspectSentimentModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
+        self.thresholds = {}  # tuned for other weights (a resumed tuned checkpoint): argmax
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)

@@ -139,8 +139,8 @@ def test_learned_query_attention_equals_multihead_attention() -> None:
 def test_prior_bias_init_starts_the_softmax_at_the_training_priors() -> None:
     labels = torch.tensor([[0, 1], [0, 0], [2, 0], [0, 3], [0, 0], [1, 0]])  # (N, A) classes
     priors = class_priors(labels, num_classes=4)
-    # Aspect 0: absent 3, Positive 2, Negative 1, Neutral 0 of 6, each + 1 (add-one).
-    torch.testing.assert_close(priors[0], torch.tensor([4.0, 3.0, 2.0, 1.0]) / 10)
+    # Aspect 0: absent 4, Positive 1, Negative 1, Neutral 0 of 6, each + 1 (add-one).
+    torch.testing.assert_close(priors[0], torch.tensor([5.0, 2.0, 2.0, 1.0]) / 10)
     tokenizer, encoder = tiny_encoder()
     net = AspectSentimentNet(
         encoder, 2, 4, projection_dim=8, attention_heads=2, class_priors=priors
