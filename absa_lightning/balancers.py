@@ -1,4 +1,4 @@
-"""How the focal and contrastive losses are weighted into one objective (`loss.balancer`).
+"""How the focal and contrastive losses are weighted into one objective (`loss/balancer=...`).
 
 Plain `torch.nn.Module`s: `balancer(focal, contrastive)` is the objective to minimise,
 `effective_weights()` the weights it applies now, and `end_epoch(epoch, focal, contrastive,
@@ -20,8 +20,12 @@ from absa_lightning import diagnostics
 log = logging.getLogger(__name__)
 
 
-class StaticWeights(nn.Module):
-    """`focal_weight * focal + contrastive_weight * contrastive`, the configured weights."""
+class LossBalancer(nn.Module):
+    """The base of the balancers: `focal_weight * focal + contrastive_weight * contrastive`.
+
+    The weights are validated once, where the run is built (`train.LossSettings`); a subclass
+    checks only what its own method needs of them.
+    """
 
     weights: torch.Tensor
 
@@ -47,7 +51,7 @@ class StaticWeights(nn.Module):
         self.update_weights(epoch)
 
     def update_weights(self, epoch: int) -> None:
-        """Between epochs: set `weights` for the next one from `history`."""
+        """Between epochs: set `weights` for the next one from `history` (here: keep them)."""
 
     def columns(self) -> tuple[list[float], list[float], list[float]]:
         """The recorded focal, contrastive and val pair F1 epoch means, oldest first."""
@@ -65,7 +69,11 @@ class StaticWeights(nn.Module):
         self.history = {int(e): tuple(row) for e, row in state["history"].items()}
 
 
-class RuleBalancer(StaticWeights):
+class StaticWeights(LossBalancer):
+    """The configured weights, unchanged through training (`loss/balancer=static`)."""
+
+
+class RuleBalancer(LossBalancer):
     """Applies the loss-dynamics table between epochs (see `absa_lightning.diagnostics`).
 
     When the last `window` epochs read "focal falls, contrastive flat", `step` of weight moves
@@ -86,7 +94,7 @@ class RuleBalancer(StaticWeights):
         super().__init__(focal_weight, contrastive_weight)
         if not (step > 0 and 0 <= min_weight <= max_weight):
             raise ValueError(
-                f"loss.balancers.rule: need step > 0 and 0 <= min_weight <= max_weight, got "
+                f"loss.balancer (rule): need step > 0 and 0 <= min_weight <= max_weight, got "
                 f"step={step}, min_weight={min_weight}, max_weight={max_weight}"
             )
         for name, weight in (
@@ -95,7 +103,7 @@ class RuleBalancer(StaticWeights):
         ):
             if not min_weight <= weight <= max_weight:
                 raise ValueError(
-                    f"loss.{name}={weight} is outside loss.balancers.rule's bounds "
+                    f"loss.{name}={weight} is outside loss.balancer's bounds "
                     f"[min_weight={min_weight}, max_weight={max_weight}]"
                 )
         self.step, self.min_weight, self.max_weight = step, min_weight, max_weight
@@ -114,7 +122,7 @@ class RuleBalancer(StaticWeights):
             return
         new = torch.tensor(proposed)
         log.info(
-            "loss.balancer=rule after epoch %d (%s): focal_weight %.3f -> %.3f, "
+            "loss/balancer=rule after epoch %d (%s): focal_weight %.3f -> %.3f, "
             "contrastive_weight %.3f -> %.3f",
             epoch,
             regime,
@@ -134,7 +142,7 @@ class RuleBalancer(StaticWeights):
         self.last_change = int(state["last_change"])
 
 
-class UncertaintyWeights(StaticWeights):
+class UncertaintyWeights(LossBalancer):
     """Learned homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, 2018).
 
     objective = sum_k exp(-s_k) * L_k + s_k / 2, with s_k = log sigma_k^2 learned with the
@@ -147,7 +155,7 @@ class UncertaintyWeights(StaticWeights):
         super().__init__(focal_weight, contrastive_weight)
         if focal_weight <= 0 or contrastive_weight <= 0:
             raise ValueError(
-                "loss.balancer=uncertainty learns log-variances from the configured weights, "
+                "loss/balancer=uncertainty learns log-variances from the configured weights, "
                 f"which must both be > 0: got {focal_weight} and {contrastive_weight}"
             )
         self.log_variances = nn.Parameter(-torch.log(self.weights.clone()))
@@ -162,7 +170,7 @@ class UncertaintyWeights(StaticWeights):
         return focal_weight, contrastive_weight
 
 
-class DynamicWeightAverage(StaticWeights):
+class DynamicWeightAverage(LossBalancer):
     """Dynamic weight averaging (Liu, Johns & Davison, 2019), around the configured weights.
 
     With r_k = L_k(t-1) / L_k(t-2), the descent rate of loss k over the last two epochs,
@@ -174,7 +182,7 @@ class DynamicWeightAverage(StaticWeights):
     def __init__(self, focal_weight: float, contrastive_weight: float, temperature: float = 2.0):
         super().__init__(focal_weight, contrastive_weight)
         if not temperature > 0:
-            raise ValueError(f"loss.balancers.dwa.temperature must be > 0, got {temperature}")
+            raise ValueError(f"loss.balancer.temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.register_buffer("configured", self.weights.clone())
 

@@ -4,6 +4,10 @@
 - `RandomStateCheckpoint` saves the random generators' states, so a resumed run draws what the
   uninterrupted run drew: the same shuffles and dropout masks.
 - `resume_checkpoint` picks the checkpoint a run restarts from (`resume=auto`).
+
+Kept beside Lightning's own: its `_atomic_save` is not atomic across file systems (below), it
+restores no random state, and its `ckpt_path="last"` ignores the SLURM hpc checkpoints while its
+SLURM auto-resume ignores `last.ckpt`: `resume_checkpoint` takes the newer of the two.
 """
 
 from __future__ import annotations

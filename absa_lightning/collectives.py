@@ -2,6 +2,9 @@
 
 Plain ``torch.distributed`` (any backend: gloo on CPU, NCCL on GPUs), no Lightning. Every process
 of the default group must call these in the same order, as with any collective.
+
+Kept by hand: torch 2.13 deprecates the differentiable `torch.distributed.nn.functional`
+all_gather/all_reduce (FutureWarning) for the private `torch.distributed._functional_collectives`.
 """
 
 from __future__ import annotations

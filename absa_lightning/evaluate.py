@@ -1,5 +1,6 @@
-"""Evaluate on a split: run a checkpoint, `python eval.py ckpt_path=... data.split=test`, or score
-a predictions file of `absa-predict`, `python eval.py predictions=preds.jsonl data.split=test`.
+"""Evaluate on a split: run a checkpoint, `python eval.py ckpt_path=... data.test_split=test`,
+or score a predictions file of `absa-predict`,
+`python eval.py predictions=preds.jsonl data.test_split=test`.
 
 A checkpoint brings its aspect list, polarities, tokenizer and encoder, never taken from the data.
 A predictions file is scored against the split's gold labels over the aspect list that training
@@ -9,23 +10,22 @@ uses: `data.aspects`, else the sorted aspects of the training split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from absa_lightning import report
-from absa_lightning.data import DataError, Example, read_jsonl
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.config import CONF_DIR
+from absa_lightning.data import DataError, read_jsonl
+from absa_lightning.data.datamodule import label_matrix
+from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.module import AspectSentimentModule
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
 
 def existing_file(option: str, value: str) -> Path:
@@ -47,22 +47,7 @@ def run_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], d
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False)
     metrics = report.scalars(trainer.test(model, datamodule=datamodule)[0])
     per_aspect = report.per_aspect_rows(model.hparams.aspects, model.test_per_aspect)
-    return {"checkpoint": str(ckpt_path), "split": datamodule.split}, metrics, per_aspect
-
-
-def label_matrix(
-    examples: Sequence[Example], aspects: Sequence[str], polarities: Sequence[str], path: Path
-) -> torch.Tensor:
-    """(N, A) classes, 0 = absent, 1 + polarity index; an aspect outside `aspects` is an error."""
-    column = {a: i for i, a in enumerate(aspects)}
-    polarity = {p: 1 + i for i, p in enumerate(polarities)}
-    labels = torch.zeros(len(examples), len(aspects), dtype=torch.long)
-    for row, ex in enumerate(examples):
-        for aspect, pol in ex.labels.items():
-            if aspect not in column:
-                raise DataError(path, ex.line, f"aspect {aspect!r} not in {list(aspects)}", ex.text)
-            labels[row, column[aspect]] = polarity[pol]
-    return labels
+    return {"checkpoint": str(ckpt_path), "split": datamodule.test_split}, metrics, per_aspect
 
 
 def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
@@ -71,8 +56,8 @@ def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float]
     path = existing_file("predictions", cfg.predictions)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    datamodule.setup("test")  # the aspect list, and the gold labels of data.split
-    split, gold = datamodule.split, datamodule.datasets[datamodule.split]
+    datamodule.setup("test")  # the aspect list, and the gold labels of data.test_split
+    split, gold = datamodule.test_split, datamodule.datasets[datamodule.test_split]
     predicted = read_jsonl(path, datamodule.polarities)
     if len(predicted) != len(gold):
         raise ValueError(
@@ -85,17 +70,20 @@ def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float]
             problem = f"not comment {i + 1} of the {split} split, {gold_text!r}"
             raise DataError(path, ex.line, problem, ex.text)
 
-    scores = AspectSentimentScores(len(datamodule.aspects), len(datamodule.polarities))
-    scores.update(
-        label_matrix(predicted, datamodule.aspects, datamodule.polarities, path), gold.labels
-    )
+    scores = AspectConfusionMatrix(len(datamodule.aspects), len(datamodule.polarities))
+    labels, outside = label_matrix(predicted, datamodule.aspects, datamodule.polarities)
+    if outside:
+        row, aspect = next(iter(outside.items()))
+        ex = predicted[row]
+        raise DataError(path, ex.line, f"aspect {aspect!r} not in {datamodule.aspects}", ex.text)
+    scores.update(labels, gold.labels)
     metrics = {f"test/{k}": float(v) for k, v in sorted(scores.compute().items())}
     per_aspect = report.per_aspect_rows(datamodule.aspects, scores.per_aspect())
     return {"predictions": str(path), "split": split}, metrics, per_aspect
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test metrics of `cfg.ckpt_path` or `cfg.predictions` on `cfg.data.split`, also written
+    """Test metrics of `cfg.ckpt_path` or `cfg.predictions` on `cfg.data.test_split`, also written
     to `eval_metrics.json`."""
     if (cfg.ckpt_path is None) == (cfg.predictions is None):
         raise ValueError(

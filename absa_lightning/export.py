@@ -18,11 +18,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 ONNX_FILE = "model.onnx"
 FORMATS = ("pretrained", "onnx")
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["AspectSentimentScores", "embedding_space_scores"]
+__all__ = ["AspectConfusionMatrix", "embedding_space_scores"]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -27,8 +27,9 @@ def _f1(tp: Tensor, n_pred: Tensor, n_gold: Tensor) -> Tensor:
     return _safe_div(2 * tp, n_pred + n_gold)
 
 
-class AspectSentimentScores(MulticlassConfusionMatrix):
-    """VLSP 2018-style aspect detection and (aspect, polarity) scores.
+class AspectConfusionMatrix(MulticlassConfusionMatrix):
+    """A confusion matrix per aspect, read as VLSP 2018-style aspect detection and
+    (aspect, polarity) F1 scores.
 
     ``update(preds, target)`` takes ``target`` of shape ``(B, A)`` and ``preds`` of shape ``(B, A)``
     (class ids) or ``(B, A, C)`` (logits/probabilities, argmax over the last dim).
@@ -59,7 +60,7 @@ class AspectSentimentScores(MulticlassConfusionMatrix):
         # These would act on the flattened (aspect-offset) classes, where they make no sense.
         for name in ("num_classes", "ignore_index", "normalize"):
             if name in kwargs:
-                raise ValueError(f"AspectSentimentScores does not support `{name}`")
+                raise ValueError(f"AspectConfusionMatrix does not support `{name}`")
         self.num_aspects = num_aspects
         self.num_polarities = num_polarities
         self.num_aspect_classes = num_polarities + 1

@@ -2,49 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.balancers import LossBalancer
+from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
 from absa_lightning.thresholds import aspect_thresholds, decode
 
-STATIC_BALANCER = "absa_lightning.balancers.StaticWeights"
-
-
-def check_loss_weights(focal_weight: float, contrastive_weight: float) -> None:
-    """Refuse weights that make no sense before any work starts."""
-    for name, weight in (
-        ("focal_weight", focal_weight),
-        ("contrastive_weight", contrastive_weight),
-    ):
-        if weight < 0:
-            raise ValueError(f"loss.{name} must be >= 0, got {weight}")
-    if focal_weight == 0 and contrastive_weight == 0:
-        raise ValueError(
-            "loss.focal_weight and loss.contrastive_weight are both 0: nothing to train"
-        )
-
-
-def build_balancer(loss: dict[str, Any]) -> torch.nn.Module:
-    """`loss.balancers[loss.balancer]` with the configured weights (static for old configs)."""
-    name = loss.get("balancer", "static")
-    balancers = loss.get("balancers", {"static": {"_target_": STATIC_BALANCER}})
-    if name not in balancers:
-        raise ValueError(f"loss.balancer={name!r}: expected one of {sorted(balancers)}")
-    return instantiate(
-        balancers[name],
-        focal_weight=loss["focal_weight"],
-        contrastive_weight=loss["contrastive_weight"],
-    )
+# Parts of a training module that a network loaded for inference does not have.
+TRAINING_ONLY_STATE = ("balancer.", "focal.", "contrastive.")
+RECIPE_KEYS = ("loss", "optimizer", "scheduler")  # in hparams for the record, never built
 
 
 def _loss_means() -> nn.ModuleDict:
@@ -58,41 +34,57 @@ def _loss_means() -> nn.ModuleDict:
 class AspectSentimentModule(L.LightningModule):
     """loss = focal_weight * focal + contrastive_weight * contrastive, both logged as curves.
 
-    The weights are the configured ones (`loss.balancer=static`) or set by a balancer between
-    epochs or by gradient descent (`rule`, `dwa`, `uncertainty`; see `absa_lightning.balancers`);
-    the weights in effect are logged as `train/{focal,contrastive}_weight_eff` every epoch.
+    Every part comes built (`absa_lightning.train.build`): the network, the two losses, the
+    balancer that weighs them (the configured weights, or weights set between epochs or learned;
+    see `absa_lightning.balancers`), and the optimizer and scheduler as factories completed in
+    `configure_optimizers`. The weights in effect are logged as
+    `train/{focal,contrastive}_weight_eff` every epoch. A module loaded for inference
+    (`from_checkpoint`) has the network only: it predicts, validates and tests (scores, no losses).
 
-    Everything but the encoder and tokenizer is plain data in `hparams`; the checkpoint adds the
+    `hparams` is plain data: what rebuilds the network (aspects, polarities, head settings), how
+    comments are cut and prepared (`max_length`, `preprocess`, as training did) and the recipe's
+    `loss`, `optimizer` and `scheduler` settings (for the record only). The checkpoint adds the
     encoder's config and the tokenizer's files (`encoder_spec`), so `from_checkpoint` needs
-    neither the hub nor the training data. `max_length` and `preprocess` (the data config's) are
-    kept for prediction, which must cut and prepare comments as training did; checkpoints from
-    before they were kept get the defaults, 128 tokens and no preprocessing.
+    neither the hub nor the training data.
     """
 
     def __init__(
         self,
-        encoder: PreTrainedModel,
+        net: AspectSentimentNet,
         tokenizer: PreTrainedTokenizerBase,
         aspects: list[str],
         polarities: list[str],
-        loss: dict[str, Any],
-        head: dict[str, Any],
-        optimizer: dict[str, Any],
-        encoder_lr: float,
-        scheduler: dict[str, Any] | None = None,
+        *,
+        focal: nn.Module | None = None,
+        contrastive: nn.Module | None = None,
+        balancer: LossBalancer | None = None,
+        optimizer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        encoder_lr: float | None = None,
+        check_finite: bool = True,
         max_length: int = 128,
         preprocess: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
     ):
         super().__init__()
-        check_loss_weights(loss["focal_weight"], loss["contrastive_weight"])
-        self.save_hyperparameters(ignore=["encoder", "tokenizer"])
+        self.save_hyperparameters(
+            {
+                "aspects": list(aspects),
+                "polarities": list(polarities),
+                "head": dict(net.head_settings),
+                "max_length": max_length,
+                "preprocess": preprocess,
+                "encoder_lr": encoder_lr,
+                **(recipe or {}),
+            }
+        )
         self.tokenizer = tokenizer
-        self.net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
-        self.focal = instantiate(loss["focal"])
-        self.contrastive = instantiate(loss["contrastive"])
-        self.balancer = build_balancer(loss)
-        self.val_scores = AspectSentimentScores(len(aspects), len(polarities))
-        self.test_scores = AspectSentimentScores(len(aspects), len(polarities))
+        self.net = net
+        self.focal, self.contrastive, self.balancer = focal, contrastive, balancer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.check_finite = check_finite
+        self.val_scores = AspectConfusionMatrix(len(aspects), len(polarities))
+        self.test_scores = AspectConfusionMatrix(len(aspects), len(polarities))
         self.val_pair_f1_best = MaxMetric()
         # Evaluation losses as metrics: their weighted sums add up over DDP processes, which may
         # hold different numbers of comments (Lightning's own mean of logged values averages the
@@ -104,17 +96,37 @@ class AspectSentimentModule(L.LightningModule):
         # in the checkpoint; the aspects not named are decoded by argmax.
         self.thresholds: dict[str, float] = {}
 
+    @property
+    def has_losses(self) -> bool:
+        return self.balancer is not None
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> AspectSentimentModule:
-        """The trained module from a checkpoint alone: no hub, no data, no pickled code."""
+        """The trained network from a checkpoint alone: no hub, no data, no pickled code, no
+        losses (nothing named in the checkpoint is built)."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        settings = checkpoint["hyper_parameters"]
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
-        module = cls(encoder, tokenizer, **checkpoint["hyper_parameters"])
-        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
-        # The balancer's state only matters to training; checkpoints from before it lack it.
-        mismatched = [k for k in missing + unexpected if not k.startswith("balancer.")]
-        if mismatched:
-            raise RuntimeError(f"{path}: checkpoint does not fit the model: {mismatched[:5]}")
+        aspects, polarities = list(settings["aspects"]), list(settings["polarities"])
+        net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **settings["head"])
+        module = cls(
+            net,
+            tokenizer,
+            aspects,
+            polarities,
+            # Checkpoints from before these were kept: the defaults of their time.
+            max_length=settings.get("max_length", 128),
+            preprocess=settings.get("preprocess"),
+            encoder_lr=settings.get("encoder_lr"),
+            recipe={k: settings[k] for k in RECIPE_KEYS if k in settings},
+        )
+        state = checkpoint["state_dict"]
+        state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_STATE)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{path}: checkpoint does not fit the model: {(missing + unexpected)[:5]}"
+            )
         module.on_load_checkpoint(checkpoint)
         return module
 
@@ -139,15 +151,19 @@ class AspectSentimentModule(L.LightningModule):
 
     def _losses(self, batch: dict[str, torch.Tensor]):
         out = self.net(batch["input_ids"], batch["attention_mask"])
+        if not self.has_losses:  # loaded for inference: scores only
+            return out, {}
         focal = self.focal(out.logits, batch["labels"])
         contrastive = self.contrastive(out.projections, batch["labels"])
         total = self.balancer(focal, contrastive)
         return out, {"focal_loss": focal, "contrastive_loss": contrastive, "loss": total}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not self.has_losses:
+            raise RuntimeError("this module was loaded for inference: it has no losses to train")
         _, losses = self._losses(batch)
         losses = {f"train/{k}": v for k, v in losses.items()}
-        if self.hparams.loss.get("check_finite", True):
+        if self.check_finite:
             self._check_finite(losses, batch, batch_idx)
         self.log_dict(
             losses, on_step=True, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True
@@ -213,7 +229,7 @@ class AspectSentimentModule(L.LightningModule):
         """Each loss into its epoch mean, weighted by the batch's comments, as Lightning weighs."""
         for name, value in losses.items():
             means[name].update(value, comments)
-        self.log_dict({f"{stage}/{name}": mean for name, mean in means.items()})
+        self.log_dict({f"{stage}/{name}": means[name] for name in losses})
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_scores.compute().items()})
@@ -225,16 +241,18 @@ class AspectSentimentModule(L.LightningModule):
 
     def optimization(self, total_steps: int):
         """The optimizer over the parameter groups, and its per-step schedule over `total_steps`."""
+        if self.optimizer_factory is None:
+            raise RuntimeError("this module was loaded for inference: it has no optimizer")
         groups = [
             {"params": self.net.encoder_parameters(), "lr": self.hparams.encoder_lr},
             {"params": self.net.head_parameters()},  # the optimizer's own lr
         ]
         if balancer_parameters := list(self.balancer.parameters()):
             groups.append({"params": balancer_parameters, "weight_decay": 0.0})
-        optimizer = instantiate(self.hparams.optimizer)(groups)
-        if not self.hparams.scheduler:
+        optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total_steps)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.data.comments import Comments
 from absa_lightning.predictor import CommentPrediction, load_predictor
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 POLARITY_STYLES = {"positive": "green", "negative": "red", "neutral": "yellow"}
 
 

@@ -19,16 +19,15 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 PAGE = files("absa_lightning") / "static" / "index.html"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -19,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from absa_lightning import report, thresholds
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
+from absa_lightning.config import CONF_DIR
+from absa_lightning.models import AspectSentimentNet
 from absa_lightning.models.network import class_priors
-from absa_lightning.module import AspectSentimentModule, check_loss_weights
+from absa_lightning.module import AspectSentimentModule
+from absa_lightning.pretraining import masked_lm_pretraining
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
 
 def focal_alpha(alpha, class_counts: torch.Tensor) -> list[float] | None:
@@ -53,33 +56,77 @@ def callback_reports(trainer: L.Trainer) -> dict:
     return reports
 
 
+@dataclass(frozen=True)
+class LossSettings:
+    """`loss.focal_weight`, `loss.contrastive_weight`, `loss.check_finite`: checked here, once."""
+
+    focal_weight: float
+    contrastive_weight: float
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("focal_weight", "contrastive_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.focal_weight == 0 and self.contrastive_weight == 0:
+            raise ValueError(
+                "loss.focal_weight and loss.contrastive_weight are both 0: nothing to train"
+            )
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule]:
-    """The data (set up for fitting) and the model that `cfg` describes."""
-    check_loss_weights(cfg.loss.focal_weight, cfg.loss.contrastive_weight)
+    """The data (set up for fitting) and the model that `cfg` describes, every part built here."""
+    settings = LossSettings(
+        cfg.loss.focal_weight, cfg.loss.contrastive_weight, cfg.loss.get("check_finite", True)
+    )
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     tokenizer, encoder = instantiate(cfg.model.encoder)(texts=datamodule.train_texts())
+    pretraining = dict(cfg.model.get("pretraining") or {})
+    if pretraining.get("epochs", 0) > 0:
+        stage = instantiate(
+            cfg.trainer,
+            max_epochs=pretraining.pop("epochs"),
+            callbacks=[],
+            logger=False,
+            enable_checkpointing=False,
+        )
+        masked_lm_pretraining(tokenizer, encoder, datamodule.train_texts(), stage, **pretraining)
     datamodule.set_tokenizer(tokenizer)
-
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss["focal"]["alpha"] = focal_alpha(loss["focal"].get("alpha"), datamodule.class_counts())
+    aspects, polarities = datamodule.aspects, datamodule.polarities
     head = OmegaConf.to_container(cfg.model.head, resolve=True)
     if head.pop("prior_bias_init", False):
-        priors = class_priors(datamodule.datasets["train"].labels, 1 + len(datamodule.polarities))
-        head["class_priors"] = priors.tolist()
+        head["class_priors"] = class_priors(
+            datamodule.datasets["train"].labels, 1 + len(polarities)
+        )
+    net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
+
+    alpha = focal_alpha(cfg.loss.focal.get("alpha"), datamodule.class_counts())
+    recipe = {  # for the record (hparams.yaml, checkpoints): plain data, never built again
+        key: OmegaConf.to_container(cfg[key], resolve=True) if cfg[key] else None
+        for key in ("loss", "optimizer", "scheduler")
+    }
+    recipe["loss"]["focal"]["alpha"] = alpha
     model = AspectSentimentModule(
-        encoder,
+        net,
         tokenizer,
-        aspects=datamodule.aspects,
-        polarities=datamodule.polarities,
-        loss=loss,
-        head=head,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        aspects,
+        polarities,
+        focal=instantiate(cfg.loss.focal, alpha=alpha),
+        contrastive=instantiate(cfg.loss.contrastive),
+        balancer=instantiate(
+            cfg.loss.balancer,
+            focal_weight=settings.focal_weight,
+            contrastive_weight=settings.contrastive_weight,
+        ),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
         encoder_lr=cfg.model.encoder_lr,
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.scheduler else None,
+        check_finite=settings.check_finite,
         max_length=cfg.data.max_length,
         preprocess=OmegaConf.to_container(cfg.data.preprocess) if cfg.data.preprocess else None,
+        recipe=recipe,
     )
     return datamodule, model
 
@@ -162,7 +209,9 @@ def train(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if trainer.is_global_zero:  # every DDP process gets here with the same (synced) metrics
-        report.print_per_aspect_table(per_aspect, title=f"{datamodule.split} split, per aspect")
+        report.print_per_aspect_table(
+            per_aspect, title=f"{datamodule.test_split} split, per aspect"
+        )
         run_dir.mkdir(parents=True, exist_ok=True)  # fast_dev_run writes nothing else there
         report.write_json(run_dir / "metrics.json", metrics)
         log.info("test: %s", {k: round(v, 4) for k, v in test.items()})

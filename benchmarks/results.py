@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = Path(__file__).with_name("bench.yaml")
 RESULTS_DIR = Path(__file__).with_name("results")
 VERSIONED = ("torch", "lightning", "transformers", "scikit-learn")
-# The test metrics every quality row reports (AspectSentimentScores' keys)
+# The test metrics every quality row reports (AspectConfusionMatrix' keys)
 METRICS = ("aspect_f1", "pair_f1", "aspect_f1_macro", "pair_f1_macro", "polarity_acc")
 COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
 

@@ -36,9 +36,10 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.predictor import AspectSentimentPredictor
-from absa_lightning.train import CONF_DIR, build
+from absa_lightning.train import build
 from benchmarks.results import Section, Target, load_settings, section_markdown, targets_table
 
 Batch = dict[str, torch.Tensor]

@@ -4,7 +4,7 @@
 
 Each aspect's classifier predicts its column of the label matrix (0 = absent, 1.. = the
 polarities), so the splits are read by the project's own data module and the predictions scored
-by `AspectSentimentScores`, exactly as the neural rows are. Features, fitted on the training
+by `AspectConfusionMatrix`, exactly as the neural rows are. Features, fitted on the training
 split: word 1-2-grams and character 2-5-grams (`char_wb`), both with sublinear TF. `char_wb`
 rather than `char`: Vietnamese writes a word as space-separated syllables, and the word bigrams
 already see syllable pairs; n-grams kept inside a syllable add what the words miss (misspelt
@@ -30,7 +30,7 @@ from sklearn.pipeline import FeatureUnion, make_union
 from sklearn.svm import LinearSVC
 
 from absa_lightning.data import AspectSentimentDataset
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 from benchmarks.results import METRICS, REPO, Section, load_settings
 
 ROW = "tfidf_svm"
@@ -50,7 +50,7 @@ class SvmResult:
     C: dict[str, float]  # aspect -> the C chosen on dev
     dev_pair_f1: dict[str, dict[float, float]]  # aspect -> C -> that aspect's dev pair F1
     predictions: torch.Tensor  # (N_test, A) class ids
-    scores: dict[str, float]  # AspectSentimentScores on the test split
+    scores: dict[str, float]  # AspectConfusionMatrix on the test split
     fit_seconds: float  # features + every classifier of the C search
     num_features: int
 
@@ -81,7 +81,7 @@ def tfidf_features() -> FeatureUnion:
 
 def scores(predictions: torch.Tensor, gold: torch.Tensor, num_polarities: int) -> dict[str, float]:
     """The project's metrics of class-id predictions (N, A) against the gold label matrix."""
-    metric = AspectSentimentScores(num_aspects=gold.shape[1], num_polarities=num_polarities)
+    metric = AspectConfusionMatrix(num_aspects=gold.shape[1], num_polarities=num_polarities)
     metric.update(predictions, gold)
     return {name: float(value) for name, value in metric.compute().items()}
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from absa_lightning import config
+
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = Path(config.CONF_DIR)  # importing config registers conf/'s resolvers
 DATA_DIR = Path(os.environ.get("ABSA_DATA_DIR", REPO.parent / "shared/data/uit-visfd"))
 
 needs_real_data = pytest.mark.skipif(
@@ -57,13 +60,57 @@ def write_visfd_subset(folder: Path, sizes: dict[str, int]) -> Path:
     return folder
 
 
+# Synthetic comments in UIT-ViSFD's format: an aspect's word, then its polarity's word.
+ASPECT_WORDS = {
+    "BATTERY": ["pin", "dung lượng pin"],
+    "CAMERA": ["camera", "chụp ảnh"],
+    "DESIGN": ["thiết kế", "vỏ máy"],
+    "FEATURES": ["vân tay", "wifi"],
+    "GENERAL": ["máy", "điện thoại"],
+    "PERFORMANCE": ["hiệu năng", "chơi game"],
+    "PRICE": ["giá", "giá thành"],
+    "SCREEN": ["màn hình", "cảm ứng"],
+    "SER&ACC": ["nhân viên", "giao hàng"],
+}
+POLARITY_WORDS = {
+    "Positive": ["rất tốt", "đẹp", "trâu", "tuyệt vời"],
+    "Negative": ["kém", "tệ", "yếu", "hay lỗi"],
+    "Neutral": ["bình thường", "tạm được"],
+}
+FILLERS = ["mới mua", "dùng được một tuần", "nói chung", "mọi người ạ", "shop"]
+
+
+def write_synthetic_visfd(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """UIT-ViSFD-format CSV files of made-up comments, 1-3 aspects each, learnable from their
+    words; every aspect of dev and test also occurs in train."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in sizes.items():
+        with open(folder / name, "w", encoding="utf-8", newline="") as dst:
+            writer = csv.writer(dst)
+            writer.writerow(["index", "comment", "n_star", "date_time", "label"])
+            for i in range(n):
+                aspects = rng.sample(sorted(ASPECT_WORDS), rng.randint(1, 3))
+                polarities = [rng.choice(sorted(POLARITY_WORDS)) for _ in aspects]
+                clauses = [
+                    f"{rng.choice(ASPECT_WORDS[a])} {rng.choice(POLARITY_WORDS[p])}"
+                    for a, p in zip(aspects, polarities, strict=True)
+                ]
+                text = ", ".join([rng.choice(FILLERS), *clauses])
+                label = ";".join(f"{{{a}#{p}}}" for a, p in zip(aspects, polarities, strict=True))
+                writer.writerow([i, text, rng.randint(1, 5), "1 tuần trước", label])
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_visfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """128 / 48 / 48 UIT-ViSFD comments, at most: nine of the ten aspects."""
-    if not (DATA_DIR / "Train.csv").is_file():
-        pytest.skip(f"UIT-ViSFD not found in {DATA_DIR} (set ABSA_DATA_DIR)")
+    """128 / 48 / 48 UIT-ViSFD comments, at most: nine of the ten aspects. Without UIT-ViSFD,
+    as many synthetic comments in its format, over the same nine aspects."""
     sizes = {"Train.csv": 128, "Dev.csv": 48, "Test.csv": 48}
-    return write_visfd_subset(tmp_path_factory.mktemp("visfd_small"), sizes)
+    folder = tmp_path_factory.mktemp("visfd_small")
+    if not (DATA_DIR / "Train.csv").is_file():
+        return write_synthetic_visfd(folder, sizes)
+    return write_visfd_subset(folder, sizes)
 
 
 @pytest.fixture(scope="session")

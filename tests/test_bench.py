@@ -9,10 +9,11 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 from benchmarks import bench, quality, svm_baseline
 from benchmarks.results import MeanStd, Section, Target, environment, load_settings, write_results
 
@@ -60,7 +61,7 @@ def test_svm_baseline_learns_a_separable_toy_with_C_chosen_on_dev(toy_visfd: Pat
         assert set(dev_f1) == set(grid)
         assert dev_f1[result.C[aspect]] == max(dev_f1.values())
     # Scored by the project's metric on the test label matrix, and far above chance.
-    metric = AspectSentimentScores(num_aspects=2, num_polarities=3)
+    metric = AspectConfusionMatrix(num_aspects=2, num_polarities=3)
     metric.update(result.predictions, splits.test.labels)
     assert result.scores == {k: float(v) for k, v in metric.compute().items()}
     assert result.scores["pair_f1"] > 0.9
@@ -231,6 +232,15 @@ def test_every_row_of_the_bench_composes_with_train_yaml(quick: bool, tmp_path: 
             "seed=1",
         ]
         cfg = compose_train(list(overrides), tmp_path)
-        assert cfg.seed == 1
+        for override in row.overrides:  # each row's change reaches the config train.py gets
+            key, value = override.split("=")
+            if "/" in key:  # a config group: its option's target
+                assert (
+                    OmegaConf.select(cfg, key.replace("/", "."))
+                    ._target_.lower()
+                    .startswith(f"absa_lightning.balancers.{value}")
+                )
+            else:
+                assert OmegaConf.select(cfg, key) == yaml.safe_load(value), override
     if quick:
         assert cfg.trainer.limit_train_batches == 0.25

@@ -226,7 +226,7 @@ def test_bad_row_in_a_split_file_is_located(small: Path) -> None:
 
 
 def test_split_dev_makes_testing_serve_dev(small: Path) -> None:
-    dm = datamodule(small, split="dev", eval_batch_size=8)
+    dm = datamodule(small, test_split="dev", eval_batch_size=8)
     dm.set_tokenizer(tiny_tokenizer())
     dm.setup("test")
     assert "test" not in dm.datasets
@@ -268,8 +268,8 @@ def test_files_must_name_the_three_splits(tmp_path: Path, files: dict[str, str])
 
 @pytest.mark.parametrize("split", ["validation", "Test", ""])
 def test_split_must_be_a_known_split(tmp_path: Path, split: str) -> None:
-    with pytest.raises(ValueError, match=r"data\.split must be one of") as info:
-        datamodule(tmp_path, split=split)
+    with pytest.raises(ValueError, match=r"data\.test_split must be one of") as info:
+        datamodule(tmp_path, test_split=split)
     assert repr(split) in str(info.value)
 
 

@@ -231,7 +231,28 @@ def test_slurm_sweep_submits_one_array_task_per_job_with_the_requeue_signal(
 
     monkeypatch.undo()  # the real PATH: Lightning warns when it finds an srun it does not run under
     assert cfg.trainer.strategy == "ddp"
-    slurm_env = instantiate(cfg.trainer.plugins[1])
+    # Inside the job: Lightning finds SLURM by itself and requeues on SIGUSR1.
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "n1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    trainer = instantiate(
+        cfg.trainer,
+        accelerator="cpu",
+        precision="32-true",
+        devices=1,
+        num_nodes=1,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        callbacks=[],
+    )
+    slurm_env = trainer.strategy.cluster_environment
     assert isinstance(slurm_env, SLURMEnvironment)
     assert slurm_env.auto_requeue and slurm_env.requeue_signal == signal.SIGUSR1
 
@@ -248,7 +269,7 @@ def test_submitit_local_sweep_runs_each_job(small_visfd: Path, tmp_path: Path) -
             *TINY,
             *QUIET,
             f"data.root={small_visfd}",
-            "+trainer.fast_dev_run=true",
+            "debug=fdr",
             f"hydra.sweep.dir={tmp_path}",
         )
     )

@@ -246,6 +246,6 @@ def test_check_finite_false_trains_on(
     monkeypatch.setattr(
         SupConLoss, "forward", lambda self, e, y: forward(self, e, y) * float("nan")
     )
-    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "+trainer.fast_dev_run=true"]
+    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "debug=fdr"]
     metrics = train(compose_train([*overrides, "loss.check_finite=false"], tmp_path))
     assert metrics["test"]["test/contrastive_loss"] != metrics["test"]["test/contrastive_loss"]

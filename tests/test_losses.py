@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -303,3 +305,15 @@ def test_supcon_same_aspect_decomposes_into_one_loss_per_aspect():
 def test_supcon_rejects_unknown_negatives():
     with pytest.raises(ValueError, match="negatives"):
         SupConLoss(0.1, negatives="others")
+
+
+def test_the_losses_import_without_lightning_hydra_or_transformers() -> None:
+    """`import absa_lightning.losses` loads torch alone: the package's names are lazy."""
+    code = (
+        "import sys, absa_lightning.losses; "
+        "print(sorted(m for m in ('lightning', 'hydra', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

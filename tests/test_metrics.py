@@ -3,7 +3,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 
 SCORES = ("aspect_f1", "pair_f1", "aspect_f1_macro", "pair_f1_macro", "polarity_acc")
 
@@ -38,7 +38,7 @@ HAND_PER_ASPECT = {
 
 
 def _scores(preds, target, num_aspects, num_polarities=3):
-    metric = AspectSentimentScores(num_aspects, num_polarities)
+    metric = AspectConfusionMatrix(num_aspects, num_polarities)
     metric.update(preds, target)
     return metric.compute()
 
@@ -60,7 +60,7 @@ def test_hand_case():
 
 
 def test_is_one_confusion_matrix_over_all_aspects():
-    metric = AspectSentimentScores(3)
+    metric = AspectConfusionMatrix(3)
     assert metric.num_classes == 3 * 4
     metric.update(HAND_PREDS, HAND_TARGET)
     assert metric.confmat.shape == (12, 12)
@@ -101,7 +101,7 @@ def test_two_updates_equal_one_on_concatenation_and_reset():
     target = torch.randint(0, 4, (20, 5), generator=gen)
     full = _scores(preds, target, 5)
 
-    metric = AspectSentimentScores(5)
+    metric = AspectConfusionMatrix(5)
     metric.update(preds[:7], target[:7])
     metric.update(preds[7:], target[7:])
     split = metric.compute()
@@ -122,7 +122,7 @@ def test_merged_states_equal_single_metric():
     gen = torch.Generator().manual_seed(2)
     preds = torch.randint(0, 4, (30, 4), generator=gen)
     target = torch.randint(0, 4, (30, 4), generator=gen)
-    first, second = AspectSentimentScores(4), AspectSentimentScores(4)
+    first, second = AspectConfusionMatrix(4), AspectConfusionMatrix(4)
     first.update(preds[:10], target[:10])
     second.update(preds[10:], target[10:])
     first.merge_state(second)
@@ -141,7 +141,7 @@ def test_perfect_predictions_score_one():
     target = torch.tensor([[1, 2, 3], [0, 1, 2], [3, 0, 1]])
     result = _scores(target.clone(), target, 3)
     _assert_scores(result, {name: 1 for name in SCORES})
-    table = AspectSentimentScores(3)
+    table = AspectConfusionMatrix(3)
     table.update(target.clone(), target)
     for name, values in table.per_aspect().items():
         if name != "support":
@@ -154,7 +154,7 @@ def test_all_absent_predictions_score_zero_without_nan():
 
 
 def test_all_absent_everywhere_scores_zero_without_nan():
-    metric = AspectSentimentScores(3)
+    metric = AspectConfusionMatrix(3)
     metric.update(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
     _assert_scores(metric.compute(), {name: 0 for name in SCORES})
     for name, values in metric.per_aspect().items():
@@ -163,7 +163,7 @@ def test_all_absent_everywhere_scores_zero_without_nan():
 
 
 def test_per_aspect_table_on_hand_case():
-    metric = AspectSentimentScores(3)
+    metric = AspectConfusionMatrix(3)
     metric.update(HAND_PREDS, HAND_TARGET)
     table = metric.per_aspect()
     assert set(table) == {*HAND_PER_ASPECT, "support"}
@@ -176,7 +176,7 @@ def test_per_aspect_table_on_hand_case():
 
 
 def test_forward_returns_batch_scores_and_accumulates():
-    metric = AspectSentimentScores(3)
+    metric = AspectConfusionMatrix(3)
     batch = metric(HAND_PREDS, HAND_TARGET)
     _assert_scores(batch, HAND_EXPECTED)
     perfect = metric(HAND_TARGET.clone(), HAND_TARGET)
@@ -202,7 +202,7 @@ def test_forward_returns_batch_scores_and_accumulates():
     ],
 )
 def test_invalid_inputs_raise(preds, target):
-    metric = AspectSentimentScores(3)
+    metric = AspectConfusionMatrix(3)
     with pytest.raises(ValueError):
         metric.update(preds, target)
 
@@ -210,7 +210,7 @@ def test_invalid_inputs_raise(preds, target):
 @pytest.mark.parametrize("kwargs", [{"num_aspects": 0}, {"num_aspects": 3, "ignore_index": 0}])
 def test_invalid_constructor_args_raise(kwargs):
     with pytest.raises(ValueError):
-        AspectSentimentScores(**kwargs)
+        AspectConfusionMatrix(**kwargs)
 
 
 def _reference(preds, target, num_aspects):

@@ -1,11 +1,16 @@
-"""Masked-LM pre-training of the from-scratch encoder."""
+"""Masked-LM pre-training of the from-scratch encoder, a stage run by a Lightning Trainer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning as L
 import torch
+from conftest import TINY, compose_train
 
 from absa_lightning.models import scratch_bert
-from absa_lightning.models.pretraining import mask_tokens, masked_lm_pretraining
+from absa_lightning.pretraining import masked_lm_pretraining
+from absa_lightning.train import build
 
 TEXTS = [
     "pin trâu camera nét",
@@ -13,19 +18,18 @@ TEXTS = [
     "màn hình đẹp pin trâu",
     "giá rẻ màn hình đẹp",
 ] * 16
+WORDS = "embeddings.word_embeddings.weight"
 
 
-def test_mask_tokens_follows_berts_80_10_10_split() -> None:
-    torch.manual_seed(0)
-    ids = torch.randint(5, 1000, (400, 50))
-    maskable = torch.ones_like(ids, dtype=torch.bool)
-    maskable[:, 0] = False  # e.g. [CLS]
-    corrupted, chosen = mask_tokens(ids, maskable, 0.15, mask_id=4, vocab_size=1000)
-    assert not chosen[:, 0].any() and torch.equal(corrupted[~chosen], ids[~chosen])
-    assert abs(chosen[:, 1:].float().mean() - 0.15) < 0.01
-    masked = (corrupted[chosen] == 4).float().mean()
-    unchanged = (corrupted[chosen] == ids[chosen]).float().mean()
-    assert abs(masked - 0.8) < 0.02 and abs(unchanged - 0.1) < 0.02  # (+ random hits, ~0.1%)
+def stage(epochs: int) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_pretraining_lowers_the_masked_lm_loss_and_changes_only_the_encoder() -> None:
@@ -34,21 +38,22 @@ def test_pretraining_lowers_the_masked_lm_loss_and_changes_only_the_encoder() ->
         TEXTS, vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64
     )
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    losses = masked_lm_pretraining(tokenizer, encoder, TEXTS, epochs=15, batch_size=16, lr=3e-3)
+    losses = masked_lm_pretraining(tokenizer, encoder, TEXTS, stage(15), batch_size=16, lr=3e-3)
     assert len(losses) == 15 and losses[-1] < 0.75 * losses[0]
     assert set(encoder.state_dict()) == set(before)
-    assert not torch.equal(
-        before["embeddings.word_embeddings.weight"],
-        encoder.state_dict()["embeddings.word_embeddings.weight"],
-    )
+    assert not torch.equal(before[WORDS], encoder.state_dict()[WORDS])
 
 
-def test_scratch_bert_pretrains_when_asked_and_is_the_same_without() -> None:
-    options = dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+def test_build_pretrains_when_asked_and_is_the_same_without(
+    small_visfd: Path, tmp_path: Path
+) -> None:
     weights = []
-    for pretraining in (None, {"epochs": 0}, {"epochs": 1, "batch_size": 16}):
+    for epochs in (0, 0, 1):
+        cfg = compose_train(
+            [*TINY, f"data.root={small_visfd}", f"model.pretraining.epochs={epochs}"], tmp_path
+        )
         torch.manual_seed(0)
-        weights.append(scratch_bert(TEXTS, pretraining=pretraining, **options)[1].state_dict())
-    key = "embeddings.word_embeddings.weight"
-    assert torch.equal(weights[0][key], weights[1][key])
-    assert not torch.equal(weights[0][key], weights[2][key])
+        _, module = build(cfg)
+        weights.append(module.net.encoder.state_dict()[WORDS])
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])

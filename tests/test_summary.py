@@ -243,7 +243,7 @@ def test_multirun_ends_with_the_summary(small_visfd: Path, tmp_path: Path) -> No
     multirun(
         "loss.focal_weight=0.7,0.9",
         f"data.root={small_visfd}",
-        "+trainer.fast_dev_run=true",
+        "debug=fdr",
         f"hydra.sweep.dir={tmp_path}",
     )
     jobs = sorted(tmp_path.glob("*/metrics.json"))  # each job its folder and metrics
@@ -263,7 +263,7 @@ def test_optuna_search_over_the_loss_weights(small_visfd: Path, tmp_path: Path) 
         "hparams_search=loss_weights",
         "hydra.sweeper.n_trials=2",
         f"data.root={small_visfd}",
-        "+trainer.fast_dev_run=true",
+        "debug=fdr",
         f"hydra.sweep.dir={tmp_path}",
     )
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())

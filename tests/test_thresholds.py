@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import QUIET, TINY, compose_train
 
-from absa_lightning.metrics import AspectSentimentScores
+from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.predictor import AspectSentimentPredictor
 from absa_lightning.thresholds import by_aspect, decode, threshold_grid, tune
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def pair_f1(preds: torch.Tensor, labels: torch.Tensor) -> float:
-    scores = AspectSentimentScores(labels.shape[1], 3)
+    scores = AspectConfusionMatrix(labels.shape[1], 3)
     scores.update(preds, labels)
     return float(scores.compute()["pair_f1"])
 
@@ -97,7 +97,7 @@ def test_tuned_run_keeps_thresholds_in_checkpoint_metrics_and_predictor(
         *QUIET,
         "~callbacks.embedding_space",
         f"data.root={small_visfd}",
-        "data.split=dev",  # test on dev: the tuned scores are the best on it
+        "data.test_split=dev",  # test on dev: the tuned scores are the best on it
         "trainer.max_epochs=2",
         "optimizer.lr=1e-2",
         "model.encoder_lr=1e-2",

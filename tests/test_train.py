@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import CONF_DIR, QUIET, REPO, TINY, compose_train, needs_real_data, write_visfd_subset
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from absa_lightning.module import AspectSentimentModule
-from absa_lightning.train import focal_alpha, train
+from absa_lightning.report import LOSS_KEYS
+from absa_lightning.train import build, focal_alpha, train
 
 
 def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -57,7 +59,7 @@ def test_fast_dev_run(small_visfd: Path, tmp_path: Path) -> None:
             *TINY,
             *QUIET,
             f"data.root={small_visfd}",
-            "+trainer.fast_dev_run=true",
+            "debug=fdr",
             f"hydra.run.dir={tmp_path}",
         )
     )
@@ -114,13 +116,16 @@ def test_eval_reproduces_the_test_metrics_of_the_checkpoint(
             "eval.py",
             f"ckpt_path={metrics['best_checkpoint']}",
             f"data.root={small_visfd}",
-            "data.split=test",
+            "data.test_split=test",
             f"hydra.run.dir={tmp_path}",
             "+trainer.enable_progress_bar=false",
         )
     )
     evaluated = json.loads((tmp_path / "eval_metrics.json").read_text())
-    for key, value in metrics["test"].items():
+    # A checkpoint is loaded for inference, without the losses: the scores, not the loss values.
+    scores = {k: v for k, v in metrics["test"].items() if k.split("/")[-1] not in LOSS_KEYS}
+    assert {"test/pair_f1", "test/aspect_f1"} <= set(scores) == set(evaluated["test"])
+    for key, value in scores.items():
         assert evaluated["test"][key] == pytest.approx(value, abs=1e-5), key
 
 
@@ -188,29 +193,53 @@ def test_overfits_64_comments_through_both_losses(tmp_path: Path) -> None:
         assert last < 0.6 * first, (loss, first, last)
 
 
+PINNED_BY_EXPERIMENTS = (
+    "seed",
+    "data.batch_size",
+    "data.max_length",
+    "optimizer.lr",
+    "model.encoder_lr",
+    "model.head.projection_dim",
+    "model.head.attention_heads",
+    "model.head.dropout",
+    "loss.focal_weight",
+    "loss.contrastive_weight",
+    "trainer.max_epochs",
+)
+
+
 @pytest.mark.parametrize(
     "experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 )
-def test_every_experiment_composes(experiment: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"experiment={experiment}"], tmp_path)
-    assert cfg.model.encoder._target_.startswith("absa_lightning.models.")
-    assert cfg.loss.focal_weight + cfg.loss.contrastive_weight > 0
+def test_every_experiment_composes_and_pins_what_makes_its_numbers(
+    experiment: str, tmp_path: Path
+) -> None:
+    compose_train([f"experiment={experiment}"], tmp_path)
+    pinned = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
+    for key in PINNED_BY_EXPERIMENTS:
+        assert OmegaConf.select(pinned, key) is not None, f"{experiment}.yaml leaves {key} unset"
 
 
 @pytest.mark.slow
-def test_default_recipe_runs_on_the_packaged_minilm(small_visfd: Path, tmp_path: Path) -> None:
+def test_the_packaged_minilm_trains_one_batch(small_visfd: Path, tmp_path: Path) -> None:
     """The real loading code (`from_pretrained` on a local Hugging Face folder), one batch."""
     cfg = compose_train(
         [
             "model=minilm",
             *QUIET,
             f"data.root={small_visfd}",
-            "+trainer.fast_dev_run=true",
+            "debug=fdr",
         ],
         tmp_path,
     )
+    _, module = build(cfg)
+    assert module.net.encoder.config.hidden_size == 384  # MiniLM's width, not the small BERT's
+    assert (
+        module.tokenizer("Pin TRÂU")["input_ids"][1:-1]
+        == module.tokenizer("pin trau")["input_ids"][1:-1]
+    )  # its uncased English vocabulary: case and diacritics erased
     metrics = train(cfg)
-    assert metrics["test"]["test/focal_loss"] > 0
+    assert 0 < metrics["test"]["test/focal_loss"] < 2  # finite, near its initial ~0.78
 
 
 def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: Path) -> None:
@@ -285,7 +314,7 @@ def test_user_datasets_train_through_data_csv_and_jsonl(fmt: str, tmp_path: Path
         *QUIET,
         f"data={fmt}",
         f"data.root={tmp_path}",
-        "+trainer.fast_dev_run=true",
+        "debug=fdr",
         *(columns if fmt == "csv" else []),
     ]
     metrics = train(compose_train(overrides, tmp_path / "run"))

@@ -55,6 +55,24 @@ class AspectSentimentDataset(Dataset):
         return i, self.token_ids[i], self.labels[i]
 
 
+def label_matrix(
+    examples: Sequence[Example], aspects: Sequence[str], polarities: Sequence[str]
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """(N, A) classes, 0 = absent, 1 + polarity index, and {row: its first aspect outside
+    `aspects`} for the rows that cannot be written (their row of the matrix is all absent)."""
+    column = {a: i for i, a in enumerate(aspects)}
+    polarity = {p: 1 + i for i, p in enumerate(polarities)}
+    labels = torch.zeros(len(examples), len(aspects), dtype=torch.long)
+    outside: dict[int, str] = {}
+    for row, ex in enumerate(examples):
+        if unknown := sorted(set(ex.labels) - set(column)):
+            outside[row] = unknown[0]
+            continue
+        for aspect, pol in ex.labels.items():
+            labels[row, column[aspect]] = polarity[pol]
+    return labels, outside
+
+
 class AspectSentimentDataModule(L.LightningDataModule):
     """Reads the splits, fixes the aspect list, and batches comments with the encoder's tokenizer.
 
@@ -80,7 +98,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         download: dict | None = None,
         preprocess: Callable[[str], str] | None = None,
         on_error: OnError = "raise",
-        split: str = "test",
+        test_split: str = "test",
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -93,15 +111,15 @@ class AspectSentimentDataModule(L.LightningDataModule):
         super().__init__()
         if set(files) != set(SPLITS):
             raise ValueError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
-        if split not in SPLITS:
-            raise ValueError(f"data.split must be one of {list(SPLITS)}, got {split!r}")
+        if test_split not in SPLITS:
+            raise ValueError(f"data.test_split must be one of {list(SPLITS)}, got {test_split!r}")
         self.root = Path(root).expanduser()
         self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
         self.reader, self.preprocess, self.download = reader, preprocess, download
         self.polarities = list(polarities)
         self.aspects = list(aspects) if aspects else None
-        self.on_error, self.split = on_error, split
+        self.on_error, self.test_split = on_error, test_split
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
@@ -117,7 +135,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         ensure_dataset(self.root, list(self.files.values()), **(self.download or {}))
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(stage or "fit", [self.split])
+        needed = {"fit": ["train", "dev"], "validate": ["dev"]}.get(
+            stage or "fit", [self.test_split]
+        )
         if self.aspects is None:
             self.aspects = sorted({a for ex in self._read("train") for a in ex.labels})
             log.info("aspects from %s: %s", self.paths["train"], self.aspects)
@@ -166,7 +186,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(
-            self.split, batch_size=self.eval_batch_size, sampler=self._eval_sampler(self.split)
+            self.test_split,
+            batch_size=self.eval_batch_size,
+            sampler=self._eval_sampler(self.test_split),
         )
 
     def split_dataloader(self, split: str) -> DataLoader:
@@ -204,25 +226,16 @@ class AspectSentimentDataModule(L.LightningDataModule):
     def _to_dataset(self, split: str, examples: list[Example]) -> AspectSentimentDataset:
         """Label matrix over the fixed aspect list; an aspect outside it is a located error."""
         assert self.aspects is not None
-        column = {a: i for i, a in enumerate(self.aspects)}
-        polarity = {p: 1 + i for i, p in enumerate(self.polarities)}
+        labels, outside = label_matrix(examples, self.aspects, self.polarities)
         errors = RowErrors(self.paths[split], self.on_error)
-        kept, rows = [], []
-        for ex in examples:
-            unknown = sorted(set(ex.labels) - set(column))
-            if unknown:
-                errors.bad_row(ex.line, f"aspect {unknown[0]!r} not in the aspect list", ex.text)
-                continue
-            row = [0] * len(column)
-            for aspect, pol in ex.labels.items():
-                row[column[aspect]] = polarity[pol]
-            kept.append(ex.text)
-            rows.append(row)
+        for row, aspect in outside.items():
+            ex = examples[row]
+            errors.bad_row(ex.line, f"aspect {aspect!r} not in the aspect list", ex.text)
         errors.report()
+        kept = [row for row in range(len(examples)) if row not in outside]
         if not kept:
             raise ValueError(f"{self.paths[split]}: no usable comments")
-        labels = torch.tensor(rows, dtype=torch.long).reshape(len(rows), len(column))
-        return AspectSentimentDataset(kept, labels)
+        return AspectSentimentDataset([examples[row].text for row in kept], labels[kept])
 
     def _encoded(self, split: str) -> AspectSentimentDataset:
         if self.tokenizer is None:

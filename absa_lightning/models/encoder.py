@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
@@ -25,8 +24,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
-
-from absa_lightning.models.pretraining import masked_lm_pretraining
 
 Encoder = tuple[PreTrainedTokenizerBase, PreTrainedModel]
 
@@ -66,11 +63,9 @@ def scratch_bert(
     intermediate_size: int = 512,
     max_position_embeddings: int = 512,
     dropout: float = 0.1,
-    pretraining: Mapping[str, Any] | None = None,
 ) -> Encoder:
-    """A randomly initialised BERT and a word-level tokenizer over the `texts`' commonest words,
-    then, with `pretraining` ({epochs, batch_size, lr, mask_prob, max_length}), masked-LM
-    pre-training on the `texts` (`absa_lightning.models.pretraining`).
+    """A randomly initialised BERT and a word-level tokenizer over the `texts`' commonest words
+    (masked-LM pre-training, a training stage, is `absa_lightning.pretraining`).
 
     Word-level suits Vietnamese, whose words are short syllables, and, unlike the `tokenizers`
     WordPiece trainer (which breaks count ties differently from run to run), it is
@@ -107,10 +102,7 @@ def scratch_bert(
         attention_probs_dropout_prob=dropout,
         pad_token_id=fast.pad_token_id,
     )
-    encoder = without_pooler(BertModel(config))
-    if pretraining:
-        masked_lm_pretraining(fast, encoder, texts, **pretraining)
-    return fast, encoder
+    return fast, without_pooler(BertModel(config))
 
 
 def encoder_spec(tokenizer: PreTrainedTokenizerBase, encoder: PreTrainedModel) -> dict:

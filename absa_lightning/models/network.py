@@ -82,6 +82,12 @@ class AspectSentimentNet(nn.Module):
             raise ValueError(
                 f"head.attention_heads={attention_heads} must divide the encoder width {d}"
             )
+        # What `from_checkpoint` rebuilds the heads from (with the aspects and polarities).
+        self.head_settings = {
+            "projection_dim": projection_dim,
+            "attention_heads": attention_heads,
+            "dropout": dropout,
+        }
         self.encoder = encoder
         self.aspect_queries = nn.Parameter(torch.randn(num_aspects, d) * 0.02)
         self.attention = nn.MultiheadAttention(

@@ -1,10 +1,15 @@
-"""Resolvers that conf/ uses in `${...}` interpolations; registered when this module is imported."""
+"""What every Hydra entry point needs: where conf/ is, and the resolvers conf/ uses in `${...}`
+interpolations (registered when this module is imported)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
-__all__ = ["precision_for"]
+__all__ = ["CONF_DIR", "precision_for"]
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
 
 def precision_for(accelerator: str, accelerated: str) -> str:
