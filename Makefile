@@ -13,7 +13,7 @@ endif
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help install install-browser train test test-fast bench bench-quick bench-predict lint format clean
+.PHONY: help install install-browser train test test-fast bench bench-quick bench-predict bench-serve lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -43,9 +43,12 @@ bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/
 bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
-bench-predict: ## Comments/s at batch 64 on 2 threads, POST /predict p50/p95 (make bench-predict CKPT=path)
+bench-predict: ## Comments/s at batch 64 on 2 threads (make bench-predict CKPT=path)
 	$(if $(CKPT),,$(error give the checkpoint or exported folder: make bench-predict CKPT=path))
 	$(PY) benchmarks/predict_throughput.py --ckpt "$(CKPT)" --comments "$(or $(ABSA_DATA_DIR),data/uit-visfd)/Test.csv"
+
+bench-serve: ## absa-serve under 1, 4, 16 keep-alive clients + a slow one: req/s, p50/p95/p99 (CKPT=path, else a tiny model)
+	$(PY) -m benchmarks.serve_load $(if $(CKPT),--ckpt "$(CKPT)") $(ARGS)
 
 lint: ## ruff: lint and format check
 	$(VENV)/bin/ruff check .
