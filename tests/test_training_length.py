@@ -36,9 +36,17 @@ def test_bad_settings_are_refused(options: dict, message: str) -> None:
 
 
 def test_scaling_sets_the_trainer_and_the_early_stopping_callback(tmp_path: Path) -> None:
-    cfg = compose_train(["training_length.target_steps=1950"], tmp_path)
+    cfg = compose_train([], tmp_path)  # the default: trainer.max_epochs null, target 1950 steps
     scale_training_length(cfg, 1000)
     assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (40, 22)
-    unscaled = compose_train([], tmp_path)
-    scale_training_length(unscaled, 1000)
-    assert (unscaled.trainer.max_epochs, unscaled.callbacks.early_stopping.patience) == (8, 3)
+    scale_training_length(cfg := compose_train([], tmp_path), 7786)
+    assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (8, 3)
+
+
+def test_a_set_max_epochs_wins(tmp_path: Path) -> None:
+    cfg = compose_train(["trainer.max_epochs=2"], tmp_path)
+    scale_training_length(cfg, 1000)
+    assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (2, 3)
+    neither = compose_train(["training_length.target_steps=null"], tmp_path)
+    with pytest.raises(ValueError, match="both null: set one"):
+        scale_training_length(neither, 1000)
