@@ -9,6 +9,11 @@ ABSA_DATA_DIR ?= $(firstword $(wildcard $(abspath ../shared/data/uit-visfd)))
 ifneq ($(ABSA_DATA_DIR),)
 export ABSA_DATA_DIR
 endif
+# MAMS-ACSA (data=mams) likewise: beside the checkout, else data/mams-acsa (downloaded there).
+ABSA_MAMS_DIR ?= $(firstword $(wildcard $(abspath ../shared/data/mams-acsa)))
+ifneq ($(ABSA_MAMS_DIR),)
+export ABSA_MAMS_DIR
+endif
 
 # apt-get needs root: sudo when not root already.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -37,10 +42,10 @@ test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
 test-fast: ## The tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds, speed -> benchmarks/results/bench.md (hours)
+bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds on UIT-ViSFD and MAMS, speed -> benchmarks/results/bench.md (hours)
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-quick: ## The benchmark on a subset, 1 seed (< 10 min; numbers not comparable) -> bench-quick.md
+bench-quick: ## The benchmark on both datasets, 1 seed, short runs (minutes; not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-predict: ## Comments/s at batch 64 on 2 threads (make bench-predict CKPT=path)

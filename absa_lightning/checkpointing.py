@@ -4,6 +4,8 @@
 - `RandomStateCheckpoint` saves the random generators' states, so a resumed run draws what the
   uninterrupted run drew: the same shuffles and dropout masks.
 - `resume_checkpoint` picks the checkpoint a run restarts from (`resume=auto`).
+- `read_checkpoint` loads one to predict or evaluate with: tensors and plain data only (no
+  pickled code), the preprocessing checked against the project's own functions.
 
 Kept beside Lightning's own: its `_atomic_save` is not atomic across file systems (below), it
 restores no random state, and its `ckpt_path="last"` ignores the SLURM hpc checkpoints while its
@@ -12,9 +14,9 @@ SLURM auto-resume ignores `last.ckpt`: `resume_checkpoint` takes the newer of th
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
-import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +25,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "RandomStateCheckpoint", "resume_checkpoint"]
+from absa_lightning.data.preprocess import preprocess_spec
+from absa_lightning.errors import AbsaUserError
+from absa_lightning.files import atomic_open
+
+__all__ = ["AtomicCheckpointIO", "RandomStateCheckpoint", "read_checkpoint", "resume_checkpoint"]
 
 Resume = Literal["auto", "never"]
 RESUME_CHOICES = ("auto", "never")
@@ -47,22 +53,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A dot name that is no *.ckpt: never taken for a checkpoint (ckpt_path=last, resume=auto).
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(partial, "xb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # the rename itself
-        finally:
-            os.close(folder)
+        with atomic_open(target, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 class RandomStateCheckpoint(Callback):
@@ -112,8 +104,48 @@ def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, resume: Resume
     """
     if resume not in RESUME_CHOICES:
         raise ValueError(f"resume must be one of {list(RESUME_CHOICES)}, got {resume!r}")
+    if ckpt_path is not None and Path(ckpt_path).is_file() and not zipfile.is_zipfile(ckpt_path):
+        raise AbsaUserError(  # torch.save writes a zip archive: a cut one has no directory
+            "not a readable checkpoint, cut off or of another kind",
+            f"ckpt_path={ckpt_path}",
+            "copy the file again, or resume from another checkpoint of the run",
+        )
     if ckpt_path is not None or resume == "never":
         return ckpt_path
     run_dir = Path(run_dir)
     found = [*run_dir.glob("**/last*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """A checkpoint of `train.py`, to rebuild a trained module from.
+
+    `weights_only`: unpickling builds tensors and plain containers, nothing else. Of what the
+    checkpoint names, only `hyper_parameters.preprocess` picks code to run later: it must be one
+    of `absa_lightning.data.preprocess.PREPROCESSORS` (else an error naming the file and field).
+    A cut-off or foreign file is an `AbsaUserError` that names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AbsaUserError("no such checkpoint file", str(path), "check the path (ckpt=)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AbsaUserError(
+            f"not a readable checkpoint, cut off or of another kind ({reason})",
+            str(path),
+            "copy the file again, or use another checkpoint of the run (last.ckpt)",
+        ) from None
+    required = ("state_dict", "hyper_parameters", "encoder_spec")
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in required):
+        raise AbsaUserError(
+            f"not a checkpoint of train.py (it needs {list(required)})",
+            str(path),
+            "give a .ckpt from a run's checkpoints/ folder",
+        )
+    settings = checkpoint["hyper_parameters"]
+    settings["preprocess"] = preprocess_spec(
+        settings.get("preprocess"), f"{path}: field 'hyper_parameters.preprocess'"
+    )
+    return checkpoint

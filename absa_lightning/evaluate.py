@@ -22,6 +22,7 @@ from absa_lightning import report
 from absa_lightning.config import CONF_DIR
 from absa_lightning.data import DataError, read_jsonl
 from absa_lightning.data.datamodule import label_matrix
+from absa_lightning.errors import AbsaUserError, check_arguments, reports_user_errors
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.module import AspectSentimentModule
 
@@ -31,13 +32,14 @@ log = logging.getLogger(__name__)
 def existing_file(option: str, value: str) -> Path:
     path = Path(hydra.utils.to_absolute_path(value))
     if not path.is_file():
-        raise FileNotFoundError(f"{option}={value}: no such file ({path})")
+        raise AbsaUserError(f"no such file ({path})", f"{option}={value}", "check the path")
     return path
 
 
 def run_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], dict[str, dict]]:
     """What was scored, the metrics and the per-aspect rows of `cfg.ckpt_path` on the split."""
     ckpt_path = existing_file("ckpt_path", cfg.ckpt_path)
+    check_arguments(cfg.trainer, "trainer")
     model = AspectSentimentModule.from_checkpoint(ckpt_path)
     datamodule = instantiate(
         cfg.data, aspects=model.hparams.aspects, polarities=model.hparams.polarities
@@ -60,9 +62,11 @@ def score_predictions(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float]
     split, gold = datamodule.test_split, datamodule.datasets[datamodule.test_split]
     predicted = read_jsonl(path, datamodule.polarities)
     if len(predicted) != len(gold):
-        raise ValueError(
-            f"{path}: {len(predicted)} comments, but the {split} split "
-            f"({datamodule.paths[split]}) has {len(gold)}: predict on that file"
+        raise AbsaUserError(
+            f"{len(predicted)} comments, but the {split} split ({datamodule.paths[split]}) has "
+            f"{len(gold)}",
+            str(path),
+            "predict on that file",
         )
     prepare = datamodule.preprocess or (lambda text: text)
     for i, (ex, gold_text) in enumerate(zip(predicted, gold.texts, strict=True)):
@@ -86,7 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test metrics of `cfg.ckpt_path` or `cfg.predictions` on `cfg.data.test_split`, also written
     to `eval_metrics.json`."""
     if (cfg.ckpt_path is None) == (cfg.predictions is None):
-        raise ValueError(
+        raise AbsaUserError(
             "give ckpt_path=<checkpoint> (to run it) or predictions=<file.jsonl> "
             "(absa-predict's output, to score it), not both"
         )
@@ -107,6 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from absa_lightning.config import CONF_DIR
+from absa_lightning.errors import AbsaUserError, reports_user_errors
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
@@ -103,14 +104,16 @@ def check_onnx(
 def export(cfg: DictConfig) -> Path:
     """`cfg.ckpt` -> the folder `cfg.out`, with `model.onnx` when `cfg.format` is onnx."""
     if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}, got {cfg.format!r}")
+        raise AbsaUserError(f"format={cfg.format}: not one of {list(FORMATS)}")
     options = {"device": "cpu"}
     if cfg.threshold is not None:
         options["threshold"] = cfg.threshold
     predictor = load_predictor(hydra.utils.to_absolute_path(cfg.ckpt), **options)
     out = Path(hydra.utils.to_absolute_path(cfg.out))
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"out={cfg.out}: the folder exists and is not empty")
+        raise AbsaUserError(
+            "the folder exists and is not empty", f"out={cfg.out}", "choose a new folder"
+        )
     predictor.save_pretrained(out)
     log.info("exported %s -> %s", cfg.ckpt, out)
     if cfg.format == "onnx":
@@ -122,6 +125,7 @@ def export(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

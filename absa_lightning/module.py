@@ -13,6 +13,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from transformers import PreTrainedTokenizerBase
 
 from absa_lightning.balancers import LossBalancer
+from absa_lightning.checkpointing import read_checkpoint
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
@@ -104,7 +106,7 @@ class AspectSentimentModule(L.LightningModule):
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> AspectSentimentModule:
         """The trained network from a checkpoint alone: no hub, no data, no pickled code, no
         losses (nothing named in the checkpoint is built)."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = read_checkpoint(path, map_location)  # plain data, preprocess checked
         settings = checkpoint["hyper_parameters"]
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
         aspects, polarities = list(settings["aspects"]), list(settings["polarities"])
@@ -124,8 +126,8 @@ class AspectSentimentModule(L.LightningModule):
         state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_STATE)}
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise RuntimeError(
-                f"{path}: checkpoint does not fit the model: {(missing + unexpected)[:5]}"
+            raise AbsaUserError(
+                f"checkpoint does not fit the model: {(missing + unexpected)[:5]}", str(path)
             )
         module.on_load_checkpoint(checkpoint)
         return module

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from rich.console import Console
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
+from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.models.encoder import without_pooler
 from absa_lightning.module import AspectSentimentModule
@@ -110,10 +111,9 @@ class AspectSentimentPredictor:
             raise ValueError(f"max_length must leave room for a token, got {max_length}")
         self.aspects, self.polarities = list(aspects), list(polarities)
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
-        self.preprocess_config = dict(preprocess) if preprocess else None
-        self._preprocess: Callable[[str], str] | None = (
-            instantiate(self.preprocess_config) if self.preprocess_config else None
-        )
+        # A name from the project's own functions, never an object a model file describes.
+        self.preprocess_config = preprocess_spec(preprocess, "preprocess")
+        self._preprocess: Callable[[str], str] | None = build_preprocess(self.preprocess_config)
         self.threshold = dict(threshold) if isinstance(threshold, Mapping) else threshold
         self.thresholds = aspect_thresholds(threshold, self.aspects)  # (A,), NaN: argmax
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -125,10 +125,7 @@ class AspectSentimentPredictor:
         """From a Lightning checkpoint of `train.py`; `options` as for the constructor. The
         checkpoint's tuned thresholds, if any, are the default; a `threshold` in `options`
         replaces them."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such checkpoint file: {path}")
-        module = AspectSentimentModule.from_checkpoint(path)
+        module = AspectSentimentModule.from_checkpoint(path)  # its preprocess checked there
         hparams = dict(module.hparams)
         options.setdefault("threshold", module.thresholds or None)  # tuned on dev, if they were
         return cls(
@@ -150,24 +147,25 @@ class AspectSentimentPredictor:
         """
         folder = Path(folder)
         config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder}: not an exported model (no {CONFIG_FILE})")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path}: format_version {config.get('format_version')!r}, "
-                f"this version reads {FORMAT_VERSION}"
-            )
+        config = read_export_config(config_path)  # checked before anything else is read
+        encoder_dir = str(folder / ENCODER_DIR)
+        # Weights from safetensors only (no pickle), code from this package only.
         with quiet_transformers():  # else it reports the pooler, dropped in training, missing
-            encoder = without_pooler(AutoModel.from_pretrained(str(folder / ENCODER_DIR)))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder / ENCODER_DIR))
+            encoder = AutoModel.from_pretrained(
+                encoder_dir, use_safetensors=True, trust_remote_code=False
+            )
+        tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=False)
         aspects, polarities = config["aspects"], config["polarities"]
-        net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **config["head"])
+        net = AspectSentimentNet(
+            without_pooler(encoder), len(aspects), 1 + len(polarities), **config["head"]
+        )
         missing, unexpected = net.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
         if missing or unexpected:
-            raise ValueError(
-                f"{folder / HEADS_FILE}: missing weights {missing}, unexpected {unexpected}"
+            raise AbsaUserError(
+                f"missing weights {missing}, unexpected {unexpected}",
+                str(folder / HEADS_FILE),
+                "export the model again with absa-export",
             )
         options.setdefault("threshold", config["threshold"])
         return cls(
@@ -298,6 +296,54 @@ class AspectSentimentPredictor:
             yield order[start : start + self.batch_size]
 
 
+_EXPORT_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "aspects": lambda v: isinstance(v, list) and bool(v) and all(isinstance(a, str) for a in v),
+    "polarities": lambda v: isinstance(v, list) and bool(v) and all(isinstance(p, str) for p in v),
+    "max_length": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+    "head": lambda v: (
+        isinstance(v, dict)
+        and set(v) <= {"projection_dim", "attention_heads", "dropout"}
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())
+    ),
+    "threshold": lambda v: v is None or isinstance(v, int | float | dict),
+    "preprocess": lambda v: True,  # checked by preprocess_spec, with its own message
+    "training": lambda v: isinstance(v, dict),  # for the record: read, never acted on
+}
+
+
+def read_export_config(path: Path) -> dict[str, Any]:
+    """`absa_config.json`, every field checked: plain data of the expected shape, the
+    preprocessing a name from `absa_lightning.data.preprocess`. Nothing in it is imported,
+    instantiated or called."""
+    if not path.is_file():
+        raise AbsaUserError(
+            f"not an exported model (no {CONFIG_FILE})",
+            str(path.parent),
+            "give a folder written by absa-export, or a .ckpt file",
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AbsaUserError(f"not JSON ({err})", str(path), "export the model again") from None
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        version = config.get("format_version") if isinstance(config, dict) else None
+        raise AbsaUserError(
+            f"format_version {version!r}, this version reads {FORMAT_VERSION}",
+            str(path),
+            "export the model again with this version's absa-export",
+        )
+    for field, valid in _EXPORT_FIELDS.items():
+        if field not in config:
+            raise AbsaUserError(f"no field {field!r}", str(path), "export the model again")
+        if not valid(config[field]):
+            raise AbsaUserError(
+                f"field {field!r} holds {config[field]!r:.80}", str(path), "export the model again"
+            )
+    config["preprocess"] = preprocess_spec(config["preprocess"], f"{path}: field 'preprocess'")
+    aspect_thresholds(config["threshold"], config["aspects"])  # a bad one raises here
+    return config
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Transformers' warnings and progress bars off for a moment."""
@@ -320,4 +366,4 @@ def load_predictor(path: str | Path, **options: Any) -> AspectSentimentPredictor
         return AspectSentimentPredictor.from_pretrained(path, **options)
     if path.is_file():
         return AspectSentimentPredictor.from_checkpoint(path, **options)
-    raise FileNotFoundError(f"ckpt={path}: no such checkpoint file or exported folder")
+    raise AbsaUserError("no such checkpoint file or exported folder", str(path), "check the path")

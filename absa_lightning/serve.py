@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from absa_lightning.config import CONF_DIR
+from absa_lightning.errors import reports_user_errors
 from absa_lightning.predictor import AspectSentimentPredictor, load_predictor
 
 log = logging.getLogger(__name__)
@@ -499,6 +500,7 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="serve")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     serve(cfg)
 

@@ -34,6 +34,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from absa_lightning.errors import AbsaUserError, printable
+
 SORT_METRIC = "val/pair_f1"
 F1_METRICS = ("val/pair_f1", "val/aspect_f1", "test/pair_f1", "test/aspect_f1")
 PLOTTED_METRICS = {"val/pair_f1": ("o", "-"), "test/pair_f1": ("x", "--")}  # marker, line style
@@ -74,7 +76,7 @@ class Job:
 def read_overrides(path: Path) -> list[str]:
     overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise ValueError(
+        raise AbsaUserError(
             f"{path}: expected a list of overrides such as 'loss.focal_weight=0.8', "
             f"got {overrides!r}"
         )
@@ -114,11 +116,11 @@ def natural_order(value: str) -> tuple[bool, float, str]:
 def read_jobs(sweep_dir: Path) -> list[Job]:
     """Every job folder of `sweep_dir`: a subfolder with `.hydra/overrides.yaml`."""
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
+        raise AbsaUserError(f"sweep folder {sweep_dir} does not exist")
     folders = [p.parents[1] for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
     folders.sort(key=lambda folder: natural_order(folder.name))
     if not folders:
-        raise ValueError(
+        raise AbsaUserError(
             f"{sweep_dir}: no job folders (subfolders with .hydra/overrides.yaml); "
             "expected a multirun folder such as outputs/multirun/<date_time>"
         )
@@ -358,8 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         write_summary(args.sweep_dir)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    except AbsaUserError as error:
+        parser.error(printable(str(error)))  # one line, exit status 2
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from absa_lightning import report, thresholds
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
 from absa_lightning.config import CONF_DIR
+from absa_lightning.errors import AbsaUserError, check_arguments, reports_user_errors
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.models.network import class_priors
 from absa_lightning.module import AspectSentimentModule
@@ -67,9 +68,9 @@ class LossSettings:
     def __post_init__(self) -> None:
         for name in ("focal_weight", "contrastive_weight"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+                raise AbsaUserError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.focal_weight == 0 and self.contrastive_weight == 0:
-            raise ValueError(
+            raise AbsaUserError(
                 "loss.focal_weight and loss.contrastive_weight are both 0: nothing to train"
             )
 
@@ -125,7 +126,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
         encoder_lr=cfg.model.encoder_lr,
         check_finite=settings.check_finite,
         max_length=cfg.data.max_length,
-        preprocess=OmegaConf.to_container(cfg.data.preprocess) if cfg.data.preprocess else None,
+        preprocess=datamodule.preprocess_spec,
         recipe=recipe,
     )
     return datamodule, model
@@ -149,6 +150,8 @@ def scale_training_length(cfg: DictConfig, num_comments: int) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
+    for group in ("trainer", "data"):  # before the data loads: a bad value fails in seconds
+        check_arguments(cfg[group], group)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.output_dir)
     datamodule, model = build(cfg)
@@ -225,6 +228,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@reports_user_errors
 def main(cfg: DictConfig) -> float | None:
     """The value a sweeper optimises: `optimized_metric` of the best validation epoch."""
     return train(cfg)["best_val"].get(cfg.optimized_metric)

@@ -1,23 +1,29 @@
-"""The benchmark: quality (a TF-IDF + SVM baseline, the neural recipes over seeds) and speed.
+"""The benchmark: quality (a TF-IDF + SVM baseline, the neural recipes over seeds) on every
+dataset, and speed (on UIT-ViSFD, the default data).
 
     python -m benchmarks.bench                          # make bench: all of it, hours on 2 cores
-    python -m benchmarks.bench --quick                  # make bench-quick: < 10 min, a subset
-    python -m benchmarks.bench --only svm,quality --reuse
+    python -m benchmarks.bench --quick                  # make bench-quick: a subset, 1 seed
+    python -m benchmarks.bench --only svm,quality --datasets mams --reuse
 
-Runs the sections in the order svm, quality, speed, prints each table, then the targets
-(PASS/MISS) and the total time, and writes benchmarks/results/bench.md and bench.json
-(bench-quick.* in quick mode) with the machine, versions, seeds and git revision. Knobs:
-benchmarks/bench.yaml.
+Datasets are `datasets` in benchmarks/bench.yaml, each the train.py overrides that select it
+(`data=mams`); their folders are the presets' (`$ABSA_DATA_DIR`, `$ABSA_MAMS_DIR`, else data/,
+downloaded when missing). Runs the sections in the order svm, quality, speed, prints each table,
+then the targets (PASS/MISS) and the total time, and writes benchmarks/results/bench.md and
+bench.json (bench-quick.* in quick mode, *-partial.* with --only or --datasets) with the
+machine, versions, seeds and git revision.
+Knobs: benchmarks/bench.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from benchmarks import quality, speed, svm_baseline
 from benchmarks.results import (
@@ -31,15 +37,30 @@ from benchmarks.results import (
 )
 
 SECTION_NAMES = ("svm", "quality", "speed")
-SectionRunner = Callable[[Path, bool], Section]  # (data_dir, quick) -> its table
+Datasets = Mapping[str, Sequence[str]]  # name -> the train.py overrides that select it
+SectionRunner = Callable[[Datasets, bool], Section]  # (datasets, quick) -> its table
 
 
-def data_dir_default() -> Path:
-    """$ABSA_DATA_DIR, else a copy beside the checkout (as CI lays it out), else data/uit-visfd."""
-    if os.environ.get("ABSA_DATA_DIR"):
-        return Path(os.environ["ABSA_DATA_DIR"])
-    beside = REPO.parent / "shared" / "data" / "uit-visfd"
-    return beside if beside.is_dir() else REPO / "data" / "uit-visfd"
+def default_data_root() -> Path:
+    """The folder of the default data (conf/train.yaml's), which the speed section reads."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return Path(compose(config_name="train").data.root)
+
+
+def speed_section(datasets: Datasets, quick: bool) -> Section:
+    return speed.run(default_data_root(), quick)
+
+
+def chosen_datasets(settings: DictConfig, names: str | None) -> dict[str, list[str]]:
+    """`--datasets mams` -> those of bench.yaml's `datasets`, in its order; unknown: an error."""
+    available = {name: list(overrides) for name, overrides in settings.datasets.items()}
+    if names is None:
+        return available
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = wanted - set(available)
+    if unknown or not wanted:
+        raise SystemExit(f"--datasets: unknown {sorted(unknown)}; pick from {list(available)}")
+    return {name: overrides for name, overrides in available.items() if name in wanted}
 
 
 def section_names(only: str | None) -> list[str]:
@@ -54,12 +75,12 @@ def section_names(only: str | None) -> list[str]:
 
 
 def run_sections(
-    runners: Mapping[str, SectionRunner], names: Sequence[str], data_dir: Path, quick: bool
+    runners: Mapping[str, SectionRunner], names: Sequence[str], datasets: Datasets, quick: bool
 ) -> dict[str, Section]:
     """Each named section in turn, printed as it finishes."""
     sections = {}
     for name in names:
-        section = runners[name](data_dir, quick)
+        section = runners[name](datasets, quick)
         print_section(section)
         sections[name] = section
     return sections
@@ -73,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the < 10 min variant (bench.yaml)")
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTION_NAMES)}")
-    parser.add_argument("--data-dir", type=Path, default=data_dir_default())
+    parser.add_argument("--datasets", help="comma-separated names of bench.yaml's datasets")
     parser.add_argument(
         "--reuse", action="store_true", help="read finished runs of the same code and overrides"
     )
@@ -84,12 +105,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     runners: dict[str, SectionRunner] = {
         "svm": svm_baseline.run,
         "quality": partial(quality.run, reuse=args.reuse),
-        "speed": speed.run,
+        "speed": speed_section,
     }
-    sections = run_sections(runners, section_names(args.only), args.data_dir, args.quick)
+    datasets = chosen_datasets(settings, args.datasets)
+    sections = run_sections(runners, section_names(args.only), datasets, args.quick)
     if "svm" in sections and "quality" in sections:
         sections["quality"].targets += quality.baseline_targets(
-            sections["svm"].row(svm_baseline.ROW), sections["quality"], settings, args.quick
+            sections["svm"], sections["quality"], settings, args.quick
         )
     total_seconds = time.perf_counter() - start
 
@@ -98,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("## Targets\n\n" + targets_table(targets) + "\n")
     env = environment(settings.seeds, args.quick)
     name = "bench-quick" if args.quick else "bench"
+    if args.only is not None or args.datasets is not None:
+        name += "-partial"  # a part of the benchmark leaves the whole one's files as they are
     md_path, json_path = write_results(list(sections.values()), env, total_seconds, name)
     print(f"total {total_seconds / 60:.1f} min; wrote {md_path} and {json_path}")
 

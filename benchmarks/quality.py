@@ -1,15 +1,15 @@
-"""The neural rows: `train.py` once per (row, seed), one after another, and the test metrics
-over seeds.
+"""The neural rows: `train.py` once per (dataset, row, seed), one after another, and the test
+metrics over seeds.
 
-    python -m benchmarks.bench --only quality [--quick] [--reuse]
+    python -m benchmarks.bench --only quality [--quick] [--reuse] [--datasets visfd]
 
-Rows and their overrides are `quality.rows` in benchmarks/bench.yaml. Runs are sequential: on 2
-cores two trainings at once would each time the other's load. Each run writes into
-`outputs/bench/<full|quick>/<row>/seed_<S>/`: the run's own files, its console output
-(`bench.log`) and `bench_stamp.json` (git revision, a hash of the uncommitted diff, overrides,
-wall time). With `--reuse`, a run whose metrics.json and stamp match the current code and
-overrides is read instead of run again (each reuse is printed); otherwise its folder is emptied
-first, so that train.py's `resume=auto` never continues a stale run.
+Datasets and rows, with their overrides, are `datasets` and `quality.rows` in
+benchmarks/bench.yaml. Runs are sequential: on 2 cores two trainings at once would each time the
+other's load. Each run writes into `outputs/bench/<full|quick>/<dataset>/<row>/seed_<S>/`: the
+run's own files, its console output (`bench.log`) and `bench_stamp.json` (git revision, a hash of
+the uncommitted diff, overrides, wall time). With `--reuse`, a run whose metrics.json and stamp
+match the current code and overrides is read instead of run again (each reuse is printed);
+otherwise its folder is emptied first, so that train.py's `resume=auto` never continues a stale run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,13 @@ from benchmarks.results import (
 OUTPUT_ROOT = REPO / "outputs" / "bench"
 STAMP = "bench_stamp.json"
 LOG = "bench.log"
-COLUMNS = ["row", "recipe", "seeds", *METRICS, "fit_min", "wall_min", "epochs"]
+COLUMNS = ["dataset", "row", "recipe", "seeds", *METRICS, "fit_min", "wall_min", "epochs"]
 QUICK_NOTE = "quick mode: shortened training, not comparable"
 
 
 @dataclass(frozen=True)
 class TrainingRun:
+    dataset: str
     row: str
     seed: int
     overrides: tuple[str, ...]  # everything train.py gets, run folder and seed included
@@ -62,23 +63,30 @@ class RunOutcome:
 
 
 def planned_runs(
-    settings: DictConfig, data_dir: Path, mode: str, output_root: Path = OUTPUT_ROOT
+    settings: DictConfig,
+    datasets: Mapping[str, Sequence[str]],
+    mode: str,
+    output_root: Path = OUTPUT_ROOT,
 ) -> list[TrainingRun]:
-    """Every (row, seed) of the settings, rows in their order, seeds within a row."""
+    """Every (dataset, row, seed): datasets, then rows, in their order, seeds within a row.
+
+    `datasets`: {name: the train.py overrides that select it, e.g. ["data=mams"]}.
+    """
     quality = settings.quality
     runs = []
-    for row, spec in quality.rows.items():
-        for seed in settings.seeds:
-            run_dir = output_root / mode / row / f"seed_{seed}"
-            overrides = (
-                *spec.overrides,
-                *quality.common_overrides,
-                *quality.extra_overrides,
-                f"data.root={data_dir}",
-                f"seed={seed}",
-                f"hydra.run.dir={run_dir}",
-            )
-            runs.append(TrainingRun(row, seed, overrides, run_dir))
+    for dataset, data_overrides in datasets.items():
+        for row, spec in quality.rows.items():
+            for seed in settings.seeds:
+                run_dir = output_root / mode / dataset / row / f"seed_{seed}"
+                overrides = (
+                    *data_overrides,
+                    *spec.overrides,
+                    *quality.common_overrides,
+                    *quality.extra_overrides,
+                    f"seed={seed}",
+                    f"hydra.run.dir={run_dir}",
+                )
+                runs.append(TrainingRun(dataset, row, seed, overrides, run_dir))
     return runs
 
 
@@ -102,7 +110,7 @@ def execute(run: TrainingRun, code: dict[str, Any], reuse: bool) -> RunOutcome:
     if process.returncode != 0 or not metrics_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(
-            f"{run.row} seed {run.seed}: train.py exited with {process.returncode} "
+            f"{run.dataset} {run.row} seed {run.seed}: train.py exited with {process.returncode} "
             f"(output in {log_path}):\n{tail}"
         )
     stamp_path.write_text(json.dumps({**stamp, "wall_seconds": wall_seconds}, indent=2) + "\n")
@@ -110,9 +118,12 @@ def execute(run: TrainingRun, code: dict[str, Any], reuse: bool) -> RunOutcome:
     return RunOutcome(metrics, wall_seconds, reused=False)
 
 
-def aggregate(row: str, recipe: str, outcomes: Sequence[RunOutcome]) -> dict[str, Any]:
+def aggregate(
+    dataset: str, row: str, recipe: str, outcomes: Sequence[RunOutcome]
+) -> dict[str, Any]:
     """One table row: each test metric's mean ± sample std over the seeds, times in minutes."""
     return {
+        "dataset": dataset,
         "row": row,
         "recipe": recipe,
         "seeds": len(outcomes),
@@ -128,82 +139,113 @@ def mean_of(cell: MeanStd | float) -> float:
 
 
 def recipe_targets(quality: Section, settings: DictConfig, quick: bool) -> list[Target]:
-    """The default recipe's time limit, and its gain over cross-entropy alone."""
-    default, ce = quality.row("default"), quality.row("ce")
+    """Per dataset: the default recipe's time limit, its gain over cross-entropy alone, and its
+    least metrics (`targets.default_at_least`)."""
     note = QUICK_NOTE if quick else ""
     gain = settings.targets.contrastive_pair_f1_gain
-    return [
-        Target(
-            "default recipe: train.py wall time of the slowest seed (min)",
-            max(default["wall_min"].values),
-            "<=",
-            settings.targets.max_train_minutes,
-            note,
-        ),
-        Target(
-            f"default mean pair_f1 >= CE-only mean pair_f1 + {gain}",
-            mean_of(default["pair_f1"]),
-            ">=",
-            mean_of(ce["pair_f1"]) + gain,
-            note or f"over {default['seeds']} seeds",
-        ),
-    ]
+    targets = []
+    for dataset in dict.fromkeys(row["dataset"] for row in quality.rows if row["row"] == "default"):
+        default = quality.row(dataset=dataset, row="default")
+        ce = quality.row(dataset=dataset, row="ce")
+        least = settings.targets.get("default_at_least", {}).get(dataset, {})
+        targets += [
+            Target(
+                f"{dataset}: default mean {metric} >= {value}",
+                mean_of(default[metric]),
+                ">=",
+                value,
+                note,
+            )
+            for metric, value in least.items()
+        ]
+        targets += [
+            Target(
+                f"{dataset}: default recipe, train.py wall time of the slowest seed (min)",
+                max(default["wall_min"].values),
+                "<=",
+                settings.targets.max_train_minutes,
+                note,
+            ),
+            Target(
+                f"{dataset}: default mean pair_f1 >= CE-only mean pair_f1 + {gain}",
+                mean_of(default["pair_f1"]),
+                ">=",
+                mean_of(ce["pair_f1"]) + gain,
+                note or f"over {default['seeds']} seeds",
+            ),
+        ]
+    return targets
 
 
 def baseline_targets(
-    svm_row: dict[str, Any], quality: Section, settings: DictConfig, quick: bool
+    svm: Section, quality: Section, settings: DictConfig, quick: bool
 ) -> list[Target]:
-    """The default recipe against the TF-IDF + SVM baseline, on the test split."""
-    default = quality.row("default")
+    """Per dataset in both sections: the default recipe against the TF-IDF + SVM baseline."""
     margin = settings.targets.svm_pair_f1_margin
     note = QUICK_NOTE if quick else "default: mean over seeds"
-    return [
-        Target(
-            f"default pair_f1 >= SVM pair_f1 + {margin}",
-            mean_of(default["pair_f1"]),
-            ">=",
-            mean_of(svm_row["pair_f1"]) + margin,
-            note,
-        ),
-        Target(
-            "default aspect_f1 > SVM aspect_f1",
-            mean_of(default["aspect_f1"]),
-            ">",
-            mean_of(svm_row["aspect_f1"]),
-            note,
-        ),
-    ]
+    targets = []
+    for svm_row in svm.rows:
+        dataset = svm_row["dataset"]
+        try:
+            default = quality.row(dataset=dataset, row="default")
+        except KeyError:
+            continue  # the quality section ran on other datasets
+        targets += [
+            Target(
+                f"{dataset}: default pair_f1 >= SVM pair_f1 + {margin}",
+                mean_of(default["pair_f1"]),
+                ">=",
+                mean_of(svm_row["pair_f1"]) + margin,
+                note,
+            ),
+            Target(
+                f"{dataset}: default aspect_f1 > SVM aspect_f1",
+                mean_of(default["aspect_f1"]),
+                ">",
+                mean_of(svm_row["aspect_f1"]),
+                note,
+            ),
+        ]
+    return targets
 
 
-def run(data_dir: Path, quick: bool, reuse: bool = False) -> Section:
+def run(datasets: Mapping[str, Sequence[str]], quick: bool, reuse: bool = False) -> Section:
     settings = load_settings(quick)
     mode = "quick" if quick else "full"
-    runs = planned_runs(settings, data_dir, mode)
+    runs = planned_runs(settings, datasets, mode)
     code = code_version()
-    outcomes: dict[str, list[RunOutcome]] = {row: [] for row in settings.quality.rows}
+    outcomes: dict[tuple[str, str], list[RunOutcome]] = {}
     for i, training in enumerate(runs, start=1):
-        print(f"[{i}/{len(runs)}] {training.row} seed {training.seed}: {training.run_dir}")
+        print(
+            f"[{i}/{len(runs)}] {training.dataset} {training.row} seed {training.seed}: "
+            f"{training.run_dir}"
+        )
         outcome = execute(training, code, reuse)
         verb = "reused (same code and overrides)" if outcome.reused else "trained"
         print(f"    {verb}: {outcome.wall_seconds / 60:.1f} min", flush=True)
-        outcomes[training.row].append(outcome)
+        outcomes.setdefault((training.dataset, training.row), []).append(outcome)
 
-    published = settings.quality.published
+    rows = []
+    for dataset in datasets:
+        rows += [
+            aggregate(dataset, row, spec.label, outcomes[dataset, row])
+            for row, spec in settings.quality.rows.items()
+        ]
+        published = settings.quality.published.get(dataset)
+        if published is not None:
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "row": "published",
+                    "recipe": published.label,
+                    "aspect_f1": published.aspect_f1,
+                    "pair_f1": published.pair_f1,
+                }
+            )
     section = Section(
         title="Quality: neural recipes (test split, mean ± sample std over seeds)",
         columns=COLUMNS,
-        rows=[
-            *(
-                aggregate(row, spec.label, outcomes[row])
-                for row, spec in settings.quality.rows.items()
-            ),
-            {
-                "row": "published",
-                "recipe": published.label,
-                "aspect_f1": published.aspect_f1,
-                "pair_f1": published.pair_f1,
-            },
-        ],
+        rows=rows,
         notes=[
             "fit_min: trainer.fit (metrics.json fit_seconds); wall_min: the whole train.py "
             "process (start-up, fit, validation and test of the best checkpoint)",

@@ -1,8 +1,9 @@
 """What the benchmark reports: sections, targets, the machine, and the files it writes.
 
 Each part of the benchmark (svm_baseline, quality, speed) returns a `Section`: one table
-(`columns`, `rows`), its `targets` and `notes`. `write_results` writes them all, with
-`environment()`, as `<name>.md` (readable on GitHub) and `<name>.json` into benchmarks/results/.
+(`columns`, `rows`; the quality tables have a row per dataset and recipe), its `targets` and
+`notes`. `write_results` writes them all, with `environment()`, as `<name>.md` (readable on
+GitHub) and `<name>.json` into benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -99,13 +100,12 @@ class Section:
     notes: list[str] = field(default_factory=list)
     measurements: dict[str, Any] = field(default_factory=dict)  # raw numbers, for the JSON
 
-    def row(self, name: str) -> dict[str, Any]:
-        """The row whose first column (its name) is `name`."""
-        key = self.columns[0]
+    def row(self, **cells: Any) -> dict[str, Any]:
+        """The first row with these cells, e.g. `row(dataset="mams", row="default")`."""
         for row in self.rows:
-            if row.get(key) == name:
+            if all(row.get(key) == value for key, value in cells.items()):
                 return row
-        raise KeyError(f"section {self.title!r} has no row {key}={name!r}")
+        raise KeyError(f"section {self.title!r} has no row with {cells}")
 
     def as_dict(self) -> dict[str, Any]:
         """For JSON: targets with their verdict (the cells' MeanStd go through `_json_default`)."""

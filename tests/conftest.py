@@ -16,6 +16,7 @@ from absa_lightning import config
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(config.CONF_DIR)  # importing config registers conf/'s resolvers
 DATA_DIR = Path(os.environ.get("ABSA_DATA_DIR", REPO.parent / "shared/data/uit-visfd"))
+MAMS_DIR = Path(os.environ.get("ABSA_MAMS_DIR", REPO.parent / "shared/data/mams-acsa"))
 
 needs_real_data = pytest.mark.skipif(
     not (DATA_DIR / "Train.csv").is_file(),

@@ -50,16 +50,26 @@ def toy_visfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_svm_baseline_learns_a_separable_toy_with_C_chosen_on_dev(toy_visfd: Path) -> None:
-    splits = svm_baseline.read_splits(toy_visfd)
-    grid = [0.01, 1.0]
+def test_svm_baseline_learns_a_separable_toy_with_C_and_weights_chosen_on_dev(
+    toy_visfd: Path,
+) -> None:
+    splits = svm_baseline.read_splits([f"data.root={toy_visfd}"])
+    grid = svm_baseline.search_grid([1.0, 0.01], [None, "balanced"])
+    assert [str(setting) for setting in grid] == [
+        "C=0.01",
+        "C=0.01 balanced",
+        "C=1",
+        "C=1 balanced",
+    ]
     result = svm_baseline.fit_and_score(splits, grid)
 
     assert splits.aspects == ["BATTERY", "CAMERA"]
     for aspect in splits.aspects:
         dev_f1 = result.dev_pair_f1[aspect]
         assert set(dev_f1) == set(grid)
-        assert dev_f1[result.C[aspect]] == max(dev_f1.values())
+        best = max(dev_f1.values())
+        # the best on dev, and of equals the first in the grid's order
+        assert result.chosen[aspect] == next(s for s in grid if dev_f1[s] == best)
     # Scored by the project's metric on the test label matrix, and far above chance.
     metric = AspectConfusionMatrix(num_aspects=2, num_polarities=3)
     metric.update(result.predictions, splits.test.labels)
@@ -68,12 +78,20 @@ def test_svm_baseline_learns_a_separable_toy_with_C_chosen_on_dev(toy_visfd: Pat
     assert result.fit_seconds > 0
 
 
-def test_svm_section_reports_the_metrics_and_the_chosen_C(toy_visfd: Path) -> None:
-    section = svm_baseline.run(toy_visfd, quick=True)
-    row = section.row(svm_baseline.ROW)
+def test_svm_section_has_a_row_per_dataset_and_the_chosen_settings(toy_visfd: Path) -> None:
+    datasets = {"toy": [f"data.root={toy_visfd}"], "toy_again": [f"data.root={toy_visfd}"]}
+    section = svm_baseline.run(datasets, quick=True)
+    assert [(row["dataset"], row["row"]) for row in section.rows] == [
+        ("toy", svm_baseline.ROW),
+        ("toy_again", svm_baseline.ROW),
+    ]
+    row = section.row(dataset="toy", row=svm_baseline.ROW)
     assert set(section.columns) <= set(row)
     assert row["pair_f1"] > 0.9
-    assert any("BATTERY" in note and "CAMERA" in note for note in section.notes)
+    assert any(
+        note.startswith("toy:") and "BATTERY C=" in note and "CAMERA C=" in note
+        for note in section.notes
+    )
 
 
 def test_mean_and_sample_std_over_seeds() -> None:
@@ -100,22 +118,55 @@ def outcome(pair_f1: float, aspect_f1: float, wall_min: float) -> quality.RunOut
 def test_aggregated_rows_against_their_targets() -> None:
     settings = load_settings(quick=False)
     default = quality.aggregate(
-        "default", "d", [outcome(0.79, 0.86, 10), outcome(0.80, 0.86, 31), outcome(0.81, 0.86, 9)]
+        "visfd",
+        "default",
+        "d",
+        [outcome(0.79, 0.86, 10), outcome(0.80, 0.86, 31), outcome(0.81, 0.86, 9)],
     )
-    ce = quality.aggregate("ce", "c", [outcome(0.785, 0.85, 9)] * 3)
-    section = Section("q", quality.COLUMNS, [ce, default])
+    ce = quality.aggregate("visfd", "ce", "c", [outcome(0.785, 0.85, 9)] * 3)
+    mams = [
+        quality.aggregate("mams", "ce", "c", [outcome(0.60, 0.80, 5)]),
+        quality.aggregate("mams", "default", "d", [outcome(0.58, 0.84, 6)]),
+    ]
+    section = Section("q", quality.COLUMNS, [ce, default, *mams])
     assert default["pair_f1"].mean == pytest.approx(0.80)
     assert default["pair_f1"].std == pytest.approx(0.01)
     assert default["epochs"] == "6/6/6"
 
-    time_limit, gain = quality.recipe_targets(section, settings, quick=False)
+    targets = {t.name: t for t in quality.recipe_targets(section, settings, quick=False)}
+    time_limit, gain, mams_time, mams_gain = (
+        targets[name]
+        for name in [
+            "visfd: default recipe, train.py wall time of the slowest seed (min)",
+            "visfd: default mean pair_f1 >= CE-only mean pair_f1 + 0.01",
+            "mams: default recipe, train.py wall time of the slowest seed (min)",
+            "mams: default mean pair_f1 >= CE-only mean pair_f1 + 0.01",
+        ]
+    )
+    least = targets["mams: default mean pair_f1 >= 0.72"]
+    assert (least.value, least.target, least.passed) == (pytest.approx(0.58), 0.72, False)
+    assert not targets["visfd: default mean aspect_f1 >= 0.9"].passed  # 0.86
+    assert len(targets) == 7
     assert time_limit.value == pytest.approx(31) and not time_limit.passed  # the slowest seed
     assert gain.target == pytest.approx(0.795) and gain.passed  # 0.80 >= 0.785 + 0.01
+    assert mams_time.passed and not mams_gain.passed  # each dataset against its own CE row
 
-    svm = {"row": "tfidf_svm", "pair_f1": 0.75, "aspect_f1": 0.86}
-    pair, aspect = quality.baseline_targets(svm, section, settings, quick=False)
+    svm = Section(
+        "svm",
+        ["dataset", "row", "pair_f1", "aspect_f1"],
+        [
+            {"dataset": "visfd", "row": "tfidf_svm", "pair_f1": 0.75, "aspect_f1": 0.86},
+            {"dataset": "other", "row": "tfidf_svm", "pair_f1": 0.5, "aspect_f1": 0.5},
+            {"dataset": "mams", "row": "tfidf_svm", "pair_f1": 0.63, "aspect_f1": 0.83},
+        ],
+    )
+    pair, aspect, mams_pair, mams_aspect = quality.baseline_targets(
+        svm, section, settings, quick=False
+    )  # "other" has no quality rows: no targets
     assert pair.passed  # 0.80 >= 0.75 + 0.05, at the bound
     assert not aspect.passed  # 0.86 is not > 0.86
+    assert mams_pair.target == pytest.approx(0.68) and not mams_pair.passed
+    assert mams_aspect.passed
 
 
 def test_target_comparisons() -> None:
@@ -174,12 +225,32 @@ def test_quick_settings_merge_over_the_full_ones() -> None:
     )
     assert "trainer.max_epochs=2" in quick.quality.extra_overrides
     assert "quick" not in full
+    assert list(full.svm.class_weight) == list(quick.svm.class_weight) == [None, "balanced"]
+    assert (
+        dict(full.datasets)
+        == dict(quick.datasets)
+        == {
+            "visfd": ["data=visfd"],
+            "mams": ["data=mams"],
+        }
+    )
 
 
 def test_sections_run_in_the_bench_order_whatever_the_order_asked() -> None:
     assert bench.section_names("speed, svm") == ["svm", "speed"]
     with pytest.raises(SystemExit, match="svn"):
         bench.section_names("svn")
+
+
+def test_datasets_chosen_by_name_in_the_settings_order() -> None:
+    settings = load_settings(quick=True)
+    assert list(bench.chosen_datasets(settings, None)) == ["visfd", "mams"]
+    assert bench.chosen_datasets(settings, "mams, visfd") == {
+        "visfd": ["data=visfd"],
+        "mams": ["data=mams"],
+    }
+    with pytest.raises(SystemExit, match="mam'"):
+        bench.chosen_datasets(settings, "mam")
 
 
 @pytest.mark.slow
@@ -196,8 +267,10 @@ def test_quality_runner_trains_once_and_reuses_only_the_same_code_and_overrides(
             },
         }
     )
-    (run,) = quality.planned_runs(settings, small_visfd, "quick", output_root=tmp_path)
-    assert run.run_dir == tmp_path / "quick" / "tiny" / "seed_7"
+    datasets = {"small": [f"data.root={small_visfd}"]}
+    (run,) = quality.planned_runs(settings, datasets, "quick", output_root=tmp_path)
+    assert run.run_dir == tmp_path / "quick" / "small" / "tiny" / "seed_7"
+    assert run.overrides[0] == f"data.root={small_visfd}"
     assert "seed=7" in run.overrides and f"hydra.run.dir={run.run_dir}" in run.overrides
     code = {"git_revision": "abc", "dirty": False, "diff_sha256": None}
 
@@ -223,15 +296,11 @@ def test_every_row_of_the_bench_composes_with_train_yaml(quick: bool, tmp_path: 
     """The overrides the bench hands train.py are valid for conf/ (a typo fails here, not an
     hour into `make bench`)."""
     settings = load_settings(quick)
-    quality_settings = settings.quality
-    for row in quality_settings.rows.values():
-        overrides = [
-            *quality_settings.common_overrides,
-            *quality_settings.extra_overrides,
-            *row.overrides,
-            "seed=1",
-        ]
-        cfg = compose_train(list(overrides), tmp_path)
+    for run in quality.planned_runs(settings, settings.datasets, "check", tmp_path):
+        cfg = compose_train([o for o in run.overrides if not o.startswith("hydra.")], tmp_path)
+        assert cfg.seed == run.seed
+        assert cfg.data.files.train == {"visfd": "Train.csv", "mams": "train.xml"}[run.dataset]
+        row = settings.quality.rows[run.row]
         for override in row.overrides:  # each row's change reaches the config train.py gets
             key, value = override.split("=")
             if "/" in key:  # a config group: its option's target

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, DATA_DIR, needs_real_data
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from absa_lightning.data import AspectSentimentDataModule, DataError, read_csv, read_jsonl
 from absa_lightning.data.download import DatasetNotFoundError
 from absa_lightning.data.formats import split_label_string
+from absa_lightning.data.preprocess import PREPROCESSORS
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import scratch_bert
 
 FILES = {"train": "Train.csv", "dev": "Dev.csv", "test": "Test.csv"}
@@ -193,8 +196,34 @@ def test_dev_aspect_missing_from_train_is_located(small: Path) -> None:
     err = info.value
     assert err.line == 6
     assert f"{small / 'Dev.csv'}:6:" in str(err)
-    assert "'PRICE'" in str(err) and "not in the aspect list" in str(err)
+    assert "'PRICE'" in str(err) and "not in the aspect list (the train split's)" in str(err)
     assert repr("giá rẻ") in str(err)
+    # ... and says how to fix it, quoted for Hydra and the shell
+    assert """'data.aspects=["BATTERY","CAMERA","SCREEN","PRICE"]'""" in str(err)
+    assert "data.aspects_file=FILE" in str(err) and "data.on_error=skip" in str(err)
+
+
+def test_aspects_from_a_file_one_a_line(small: Path) -> None:
+    dev_with_new_aspect(small)
+    aspects = small / "aspects.txt"
+    aspects.write_text("BATTERY\nCAMERA\n\nSCREEN\nPRICE\nROOM#PRICES\nFOOD&DRINKS\n")
+    dm = datamodule(small, aspects_file=str(aspects))
+    dm.setup("fit")
+    assert dm.aspects == ["BATTERY", "CAMERA", "SCREEN", "PRICE", "ROOM#PRICES", "FOOD&DRINKS"]
+    assert dm.datasets["dev"].labels[2].tolist() == [1, 0, 0, 1, 0, 0]
+
+    aspects.write_text("BATTERY\nBATTERY\n")
+    with pytest.raises(AbsaUserError, match=r"data.aspects_file=.*aspects.txt: no aspects, or one"):
+        datamodule(small, aspects_file=str(aspects))
+    with pytest.raises(AbsaUserError, match=r"data.aspects_file=.*nope.txt: no such file"):
+        datamodule(small, aspects_file=str(small / "nope.txt"))
+
+
+def test_hydra_reads_quoted_aspect_names() -> None:
+    """What the fix in the message tells a user to type."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", ['data.aspects=["ROOM#PRICES","FOOD&DRINKS"]'])
+    assert list(cfg.data.aspects) == ["ROOM#PRICES", "FOOD&DRINKS"]
 
 
 def test_dev_aspect_missing_from_train_is_skipped(
@@ -273,14 +302,16 @@ def test_split_must_be_a_known_split(tmp_path: Path, split: str) -> None:
     assert repr(split) in str(info.value)
 
 
-def test_jsonl_reader_and_preprocess(tmp_path: Path) -> None:
+def test_jsonl_reader_and_preprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, rows in {"train": TRAIN, "dev": DEV, "test": TEST}.items():
         with open(tmp_path / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for text, label in rows:
                 pairs = [{"aspect": a, "polarity": p} for a, p in split_label_string(label)]
                 f.write(json.dumps({"text": text, "labels": pairs}, ensure_ascii=False) + "\n")
     files = {name: f"{name}.jsonl" for name in FILES}
-    dm = datamodule(tmp_path, files=files, reader=read_jsonl, preprocess=str.upper)
+    monkeypatch.setitem(PREPROCESSORS, "upper", str.upper)
+    dm = datamodule(tmp_path, files=files, reader=read_jsonl, preprocess="upper")
+    assert dm.preprocess_spec == {"name": "upper"}  # what the checkpoint keeps
     dm.setup("fit")
     assert dm.aspects == ["BATTERY", "CAMERA", "SCREEN"]
     assert dm.datasets["train"].texts == [text.upper() for text, _ in TRAIN]

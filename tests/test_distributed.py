@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import signal
+import traceback
+import weakref
 from pathlib import Path
 
 import pytest
@@ -53,25 +56,42 @@ def _projection() -> nn.Module:
     return nn.Linear(FEATURES, DIM).double()
 
 
+def _supcon_results(rank: int) -> tuple[dict, weakref.ref]:
+    """This process's losses and gradients, and a weak reference to its DDP object.
+
+    The DDP object (and the Reducer it holds) lives only in this frame: it must be gone before
+    `destroy_process_group`, or freeing it afterwards tears down Gloo's process group from the
+    Reducer's destructor, which can deadlock against Gloo's worker thread waiting for the GIL.
+    """
+    batch = _batches()[rank]
+    loss_fn = SupConLoss(temperature=0.1, gather=True)
+    embeddings = batch["embeddings"].clone().requires_grad_()
+    loss = loss_fn(embeddings, batch["labels"])
+    loss.backward()
+
+    net = DistributedDataParallel(_projection())
+    ddp_loss = loss_fn(F.normalize(net(batch["inputs"]), dim=-1), batch["labels"])
+    ddp_loss.backward()  # DDP averages the parameter gradients over the processes
+    result = {
+        "loss": loss.detach(),
+        "embedding_grad": embeddings.grad,
+        "ddp_loss": ddp_loss.detach(),
+        "param_grads": [p.grad.detach().clone() for p in net.module.parameters()],
+    }
+    return result, weakref.ref(net)
+
+
 def _supcon_process(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        batch = _batches()[rank]
-        loss_fn = SupConLoss(temperature=0.1, gather=True)
-        embeddings = batch["embeddings"].clone().requires_grad_()
-        loss = loss_fn(embeddings, batch["labels"])
-        loss.backward()
-
-        net = DistributedDataParallel(_projection())
-        ddp_loss = loss_fn(F.normalize(net(batch["inputs"]), dim=-1), batch["labels"])
-        ddp_loss.backward()  # DDP averages the parameter gradients over the processes
-        result = {
-            "loss": loss.detach(),
-            "embedding_grad": embeddings.grad,
-            "ddp_loss": ddp_loss.detach(),
-            "param_grads": [p.grad for p in net.module.parameters()],
-        }
+        result, ddp = _supcon_results(rank)
+        gc.collect()  # DDP's hooks form reference cycles: freed by the collector, not at return
+        result["ddp_alive_at_destroy"] = ddp() is not None
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)  # their locals hold the DDP object
+        gc.collect()
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -106,6 +126,7 @@ def test_supcon_across_two_processes_equals_one_process_on_the_whole_batch(tmp_p
     local_only = loss_fn(batches[0]["embeddings"], batches[0]["labels"])
     assert not torch.isclose(local_only, expected)  # the other process's cells do matter here
     for rank, result in enumerate(results):
+        assert not result["ddp_alive_at_destroy"], rank  # else Gloo can deadlock at teardown
         torch.testing.assert_close(result["loss"], expected.detach())
         torch.testing.assert_close(result["ddp_loss"], expected_ddp.detach())
         rows = slice(sum(BATCH_SIZES[:rank]), sum(BATCH_SIZES[: rank + 1]))

@@ -268,3 +268,28 @@ def test_unwritable_root_names_the_folder(tmp_path: Path, server: _Server) -> No
     assert "Cannot write" in str(excinfo.value)
     assert str(root.resolve()) in str(excinfo.value)
     assert server.requests == []
+
+
+def test_a_user_folder_is_never_downloaded_into(tmp_path: Path, server: _Server) -> None:
+    """A missing Dev.csv beside the user's own files: named, and nothing fetched."""
+    archive = server.directory / "small.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in CSV_FILES:
+            zf.writestr(name, "from upstream\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("Train.csv", "Test.csv"):
+        (mine / name).write_text("my own\n")
+
+    with pytest.raises(DatasetNotFoundError) as excinfo:
+        ensure_dataset(mine, CSV_FILES, url=server.url("small.zip"), into=tmp_path / "default")
+    message = str(excinfo.value)
+    assert message.startswith(f"data.root={mine}: missing Dev.csv (it has Train.csv, Test.csv)")
+    assert "only the dataset's own folder" in message
+    assert server.requests == []
+    assert _leftovers(mine) == ["Test.csv", "Train.csv"]
+
+    default = ensure_dataset(
+        tmp_path / "default", CSV_FILES, url=server.url("small.zip"), into=tmp_path / "default"
+    )
+    assert _leftovers(default) == sorted(CSV_FILES)

@@ -11,8 +11,9 @@ import torch
 from test_predict_cli import config
 
 from absa_lightning import AspectSentimentPredictor
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.export import ONNX_FILE, check_onnx, export
-from absa_lightning.predict import predict
+from absa_lightning.predict import parser, predict
 
 COMMENTS = ["Pin trâu, camera hơi mờ", "Máy đẹp 😍 giá rẻ", "ok", "Giao hàng nhanh 中文 " * 60]
 
@@ -62,9 +63,9 @@ def test_exported_threshold_is_the_default_and_can_be_replaced(
 
 
 def test_absa_predict_takes_the_exported_folder(exported: Path, tiny_run: dict) -> None:
-    from_folder = predict(config("predict", f"ckpt={exported}", 'text="Pin trâu, camera hơi mờ"'))
+    from_folder = predict(parser().parse_args(["--ckpt", str(exported), "Pin trâu, camera mờ"]))
     from_ckpt = predict(
-        config("predict", f"ckpt={tiny_run['best_checkpoint']}", 'text="Pin trâu, camera hơi mờ"')
+        parser().parse_args(["--ckpt", tiny_run["best_checkpoint"], "Pin trâu, camera mờ"])
     )
     assert from_folder == from_ckpt
 
@@ -73,9 +74,9 @@ def test_export_refuses_a_folder_in_use_and_unknown_formats(
     tiny_run: dict, exported: Path, tmp_path: Path
 ) -> None:
     ckpt = f"ckpt={tiny_run['best_checkpoint']}"
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(AbsaUserError, match="not empty"):
         export(config("export", ckpt, f"out={exported}"))
-    with pytest.raises(ValueError, match="format must be one of"):
+    with pytest.raises(AbsaUserError, match="format=tflite: not one of"):
         export(config("export", ckpt, f"out={tmp_path / 'x'}", "format=tflite"))
 
 

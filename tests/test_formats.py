@@ -333,6 +333,29 @@ def test_csv_skip_keeps_good_rows_and_reports(
     assert "2 unknown polarity 'Good'" in message
     assert "1 malformed label" in message
     assert "1 empty comment" in message
+    # ... and each skipped row, located
+    assert f"\n  {path}:2: unknown polarity 'Good'" in message and "'{CAMERA#Good};'" in message
+    assert f"\n  {path}:7: malformed label" in message
+    assert f"\n  {path}:8: empty comment" in message
+
+
+def test_skip_lists_the_first_20_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = "".join(f"bad {i},{{CAMERA#Good}};\n" for i in range(25))
+    path = write(tmp_path / "Train.csv", "comment,label\nok,{CAMERA#Positive};\n" + rows)
+    with caplog.at_level(logging.WARNING, logger="absa_lightning.data.formats"):
+        assert len(read_csv(path, POLARITIES, on_error="skip")) == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "skipped 25 rows (25 unknown polarity 'Good')" in message
+    assert f"{path}:3: " in message and f"{path}:22: " in message
+    assert f"{path}:23: " not in message
+    assert message.endswith("… and 5 more")
+
+
+def test_a_comment_over_csv_default_field_limit_is_read(tmp_path: Path) -> None:
+    long = "pin trâu " * 20_000  # 180,000 characters: csv's default limit is 131,072
+    path = write(tmp_path / "Train.csv", f'comment,label\n"{long}",{{BATTERY#Positive}};\n')
+    (example,) = read_csv(path, POLARITIES)
+    assert example.text == long.strip()
 
 
 def test_jsonl_skip_keeps_good_lines_and_reports(

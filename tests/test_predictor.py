@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from absa_lightning import AspectSentimentPredictor
+from absa_lightning.data.preprocess import PREPROCESSORS
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.predictor import aspect_thresholds, decode, load_predictor
 
 COMMENTS = [
@@ -116,9 +118,9 @@ def test_bad_thresholds_are_refused(threshold, message: str) -> None:
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no such checkpoint file or exported folder"):
+    with pytest.raises(AbsaUserError, match="no such checkpoint file or exported folder"):
         load_predictor(tmp_path / "nope.ckpt")
-    with pytest.raises(FileNotFoundError, match="not an exported model"):
+    with pytest.raises(AbsaUserError, match="not an exported model"):
         load_predictor(tmp_path)  # a folder without absa_config.json
 
 
@@ -132,7 +134,9 @@ def test_checkpoint_from_before_max_length_was_kept(tiny_run: dict, tmp_path: Pa
     assert predictor.preprocess_config is None
 
 
-def test_checkpoint_keeps_max_length_and_preprocessing(tiny_run: dict, tmp_path: Path) -> None:
+def test_checkpoint_keeps_max_length_and_preprocessing(
+    tiny_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Comments are cut and prepared as the training data was (PhoBERT: segmented words)."""
     checkpoint = torch.load(tiny_run["best_checkpoint"], weights_only=True)
     checkpoint["hyper_parameters"]["max_length"] = 4
@@ -142,8 +146,8 @@ def test_checkpoint_keeps_max_length_and_preprocessing(tiny_run: dict, tmp_path:
     assert batch["input_ids"].shape == (2, 4)  # [CLS] pin trâu [SEP]; [CLS] pin trâu [SEP], cut
     assert truncated.tolist() == [False, True]
 
-    first_word = {"_target_": "textwrap.shorten", "_partial_": True, "width": 3, "placeholder": ""}
-    checkpoint["hyper_parameters"]["preprocess"] = first_word
+    monkeypatch.setitem(PREPROCESSORS, "first_words", lambda text, n: " ".join(text.split()[:n]))
+    checkpoint["hyper_parameters"]["preprocess"] = {"name": "first_words", "n": 1}
     torch.save(checkpoint, tmp_path / "prepared.ckpt")
     prepared = AspectSentimentPredictor.from_checkpoint(tmp_path / "prepared.ckpt")
     batch, truncated = prepared.encode(["pin trâu camera mờ"])

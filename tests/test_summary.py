@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.summary import (
     ERROR_FILE,
     SweepSummary,
@@ -168,7 +169,7 @@ def test_unreadable_metrics_json_is_a_failed_job(tmp_path: Path) -> None:
 
 
 def test_bad_sweep_folders_are_refused_with_their_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=f"sweep folder {tmp_path / 'nope'} does not"):
+    with pytest.raises(AbsaUserError, match=f"sweep folder {tmp_path / 'nope'} does not"):
         write_summary(tmp_path / "nope")
     (tmp_path / "run").mkdir()
     (tmp_path / "run/metrics.json").write_text("{}")  # a single run's folder, not a sweep's

@@ -1,5 +1,5 @@
 from absa_lightning.data.datamodule import AspectSentimentDataModule, AspectSentimentDataset
-from absa_lightning.data.formats import DataError, Example, read_csv, read_jsonl
+from absa_lightning.data.formats import DataError, Example, read_csv, read_jsonl, read_semeval_xml
 
 __all__ = [
     "AspectSentimentDataModule",
@@ -8,4 +8,5 @@ __all__ = [
     "Example",
     "read_csv",
     "read_jsonl",
+    "read_semeval_xml",
 ]

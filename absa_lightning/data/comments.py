@@ -8,12 +8,11 @@ is not valid training data) and their lines counted in `Comments.blank_lines`. B
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from absa_lightning.data.formats import DataError, _read_utf8
+from absa_lightning.data.formats import DataError, _read_utf8, csv_records
 
 
 @dataclass
@@ -30,24 +29,32 @@ class Comments:
             self.blank_lines.append(line)
 
 
-def read_csv_comments(path: str | Path, text_column: str = "comment") -> Comments:
-    """The `text_column` of a CSV with a header row; other columns are ignored."""
+TEXT_COLUMNS = ("comment", "text")  # UIT-ViSFD's name, and the common one
+
+
+def read_csv_comments(path: str | Path, text_column: str | None = None) -> Comments:
+    """The `text_column` of a CSV with a header row (None: the first of `TEXT_COLUMNS` that
+    the header has); other columns are ignored."""
     path = Path(path)
     comments = Comments()
-    with _read_utf8(path) as lines:
-        reader = csv.reader(lines)
-        header = next(reader, [])
-        if text_column not in header:
-            raise DataError(
-                path, 1, f"no column {text_column!r} (set text_column=<one of {header}>)", ""
-            )
-        column = header.index(text_column)
-        start = reader.line_num + 1
-        for values in reader:
-            line, start = start, reader.line_num + 1  # a quoted comment may span several lines
-            if values and len(values) <= column:
-                raise DataError(path, line, "too few fields", ",".join(values))
-            comments.add(line, values[column] if values else "")
+    records = csv_records(path)
+    header = next(records, (1, []))[1]
+    if text_column is None:
+        text_column = next((c for c in TEXT_COLUMNS if c in header), None)
+    if text_column not in header:
+        wanted = f"column {text_column!r}" if text_column else f"column {' or '.join(TEXT_COLUMNS)}"
+        raise DataError(
+            path,
+            1,
+            f"no {wanted} in the header {header}",
+            None,
+            "name the column of comments (absa-predict --text-column NAME)",
+        )
+    column = header.index(text_column)
+    for line, values in records:
+        if values and len(values) <= column:
+            raise DataError(path, line, "too few fields", ",".join(values))
+        comments.add(line, values[column] if values else "")
     return comments
 
 

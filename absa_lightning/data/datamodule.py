@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,6 +17,8 @@ from transformers import PreTrainedTokenizerBase
 from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
+from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
+from absa_lightning.errors import AbsaUserError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,23 @@ class AspectSentimentDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         assert self.token_ids is not None, "encode() first"
         return i, self.token_ids[i], self.labels[i]
+
+
+def read_aspects_file(path: str | Path | None) -> list[str] | None:
+    """`data.aspects_file`: one aspect a line (names may hold `#`, `&`, spaces); blank lines
+    are ignored."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AbsaUserError("no such file", f"data.aspects_file={path}", "check the path")
+    aspects = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    aspects = [a for a in aspects if a]
+    if not aspects or len(set(aspects)) != len(aspects):
+        raise AbsaUserError(
+            "no aspects, or one twice", f"data.aspects_file={path}", "write one aspect a line"
+        )
+    return aspects
 
 
 def label_matrix(
@@ -95,8 +115,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         reader: Reader,
         polarities: Sequence[str] = ("Positive", "Negative", "Neutral"),
         aspects: Sequence[str] | None = None,
+        aspects_file: str | Path | None = None,
         download: dict | None = None,
-        preprocess: Callable[[str], str] | None = None,
+        preprocess: str | Mapping[str, Any] | None = None,
         on_error: OnError = "raise",
         test_split: str = "test",
         max_length: int = 128,
@@ -110,15 +131,26 @@ class AspectSentimentDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if set(files) != set(SPLITS):
-            raise ValueError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
+            raise AbsaUserError(f"data.files must name exactly {list(SPLITS)}, got {sorted(files)}")
         if test_split not in SPLITS:
-            raise ValueError(f"data.test_split must be one of {list(SPLITS)}, got {test_split!r}")
+            raise AbsaUserError(
+                f"data.test_split must be one of {list(SPLITS)}, got {test_split!r}"
+            )
         self.root = Path(root).expanduser()
         self.files = dict(files)  # relative to root, or absolute
         self.paths = {name: self.root / file for name, file in files.items()}
-        self.reader, self.preprocess, self.download = reader, preprocess, download
+        self.reader, self.download = reader, download
+        self.preprocess_spec = preprocess_spec(preprocess)  # what checkpoints keep: plain data
+        self.preprocess = build_preprocess(self.preprocess_spec)
         self.polarities = list(polarities)
-        self.aspects = list(aspects) if aspects else None
+        self.aspects = list(aspects) if aspects else read_aspects_file(aspects_file)
+        self.aspects_from = (
+            "data.aspects"
+            if aspects
+            else "data.aspects_file"
+            if aspects_file
+            else "the train split's"
+        )
         self.on_error, self.test_split = on_error, test_split
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -228,14 +260,24 @@ class AspectSentimentDataModule(L.LightningDataModule):
         assert self.aspects is not None
         labels, outside = label_matrix(examples, self.aspects, self.polarities)
         errors = RowErrors(self.paths[split], self.on_error)
+        fix = self._unknown_aspect_fix(sorted(set(outside.values())))
         for row, aspect in outside.items():
             ex = examples[row]
-            errors.bad_row(ex.line, f"aspect {aspect!r} not in the aspect list", ex.text)
+            problem = f"aspect {aspect!r} not in the aspect list ({self.aspects_from})"
+            errors.bad_row(ex.line, problem, ex.text, fix)
         errors.report()
         kept = [row for row in range(len(examples)) if row not in outside]
         if not kept:
-            raise ValueError(f"{self.paths[split]}: no usable comments")
+            raise AbsaUserError("no usable comments", str(self.paths[split]))
         return AspectSentimentDataset([examples[row].text for row in kept], labels[kept])
+
+    def _unknown_aspect_fix(self, unknown: list[str]) -> str:
+        every = ",".join(f'"{a}"' for a in [*(self.aspects or []), *unknown])
+        return (
+            f"list every aspect in the config, 'data.aspects=[{every}]' (quoted so that Hydra "
+            "keeps # and &), or give data.aspects_file=FILE, one aspect a line; or leave such "
+            "rows out with data.on_error=skip"
+        )
 
     def _encoded(self, split: str) -> AspectSentimentDataset:
         if self.tokenizer is None:

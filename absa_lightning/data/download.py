@@ -2,7 +2,11 @@
 
 Training runs call :func:`ensure_dataset` before reading CSVs so that a fresh machine can fetch
 the data once, while a prepared (possibly read-only) data folder is used as is and never
-triggers network access.
+triggers network access. Downloads go only into the dataset's own folder (`into`): a folder of
+the user's with a file missing is reported, never topped up with upstream's files.
+
+The download is `torch.hub.download_url_to_file` (already there with torch; it writes beside the
+target and renames); pooch would do the same but bring requests and platformdirs with it.
 """
 
 from __future__ import annotations
@@ -11,41 +15,49 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import urllib.error
-import urllib.request
+import uuid
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+
+from torch.hub import download_url_to_file
+
+from absa_lightning.errors import AbsaUserError
 
 logger = logging.getLogger(__name__)
 
 _CHUNK_SIZE = 1 << 20
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(AbsaUserError, FileNotFoundError):
     """The dataset files are missing and could not be obtained; the message says how to fix it."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(AbsaUserError):
     """The downloaded archive is not the one expected, so nothing was extracted from it."""
 
 
 def ensure_dataset(
     root: str | Path,
     files: Sequence[str],
-    url: str | None = None,
-    sha256: str | None = None,
+    url: str | Mapping[str, str] | None = None,
+    sha256: str | Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    into: str | Path | None = None,
 ) -> Path:
     """Return ``root`` once every name in ``files`` exists there.
 
     Files already present are trusted and the network is never touched, so ``root`` may be
-    read-only. Otherwise the zip archive at ``url`` is downloaded into ``root``, checked
-    against ``sha256`` when given, and the members whose base name is in ``files`` are
-    extracted into ``root``.
+    read-only. Otherwise, when ``root`` is ``into`` (the dataset's own folder; None: any
+    ``root``), the zip archive at ``url`` is downloaded into ``root``, checked against
+    ``sha256`` when given, and the members whose base name is in ``files`` are extracted into
+    ``root``. With ``url`` a mapping {file name: URL} (files served one by one, e.g. MAMS),
+    each missing file is downloaded from its own URL and checked against its entry in the
+    mapping ``sha256``. Another folder with files missing is an error that names them.
 
     Raises:
         DatasetNotFoundError: files are missing and there is no ``url``, the download failed,
@@ -62,14 +74,26 @@ def ensure_dataset(
             f"{_expected(root, files, missing)} Put the files there, or point data.root=... or "
             "the ABSA_DATA_DIR environment variable at a folder that holds them."
         )
+    if into is not None and root.resolve() != Path(into).expanduser().resolve():
+        present = [name for name in files if name not in missing]
+        raise DatasetNotFoundError(
+            f"missing {', '.join(missing)}"
+            + (f" (it has {', '.join(present)})" if present else ""),
+            f"data.root={root}",
+            f"put the file(s) there; only the dataset's own folder {into} is downloaded into "
+            "(unset data.root and ABSA_DATA_DIR to use it), so your files never mix with "
+            "upstream's",
+        )
 
     _make_writable_dir(root, files, missing)
+    if isinstance(url, Mapping):
+        _download_files(root, files, missing, url, sha256 or {}, timeout)
+        return root
     logger.info("Downloading %s into %s (missing: %s)", url, root.resolve(), ", ".join(missing))
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=".download-", suffix=".zip.part")
-    archive = Path(tmp_name)
+    archive = root / f".download-{uuid.uuid4().hex}.zip"
     try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _download(url, out, timeout, root, files, missing)
+        _download(url, archive, timeout, root, files, missing)
+        digest = _sha256(archive)
         if sha256 is not None and digest != sha256.lower():
             raise ChecksumError(
                 f"Checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest}. "
@@ -113,19 +137,17 @@ def _make_writable_dir(root: Path, files: Sequence[str], missing: Sequence[str])
 
 def _download(
     url: str,
-    out: BinaryIO,
+    archive: Path,
     timeout: float,
     root: Path,
     files: Sequence[str],
     missing: Sequence[str],
-) -> str:
-    """Stream ``url`` into ``out`` and return its SHA-256, so the archive is hashed once."""
-    digest = hashlib.sha256()
+) -> None:
+    """``url`` into ``archive``; a failure names the files, the folder and how to fix it."""
+    default_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # download_url_to_file takes none: a stalled server hangs
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(_CHUNK_SIZE):
-                digest.update(chunk)
-                out.write(chunk)
+        download_url_to_file(url, str(archive), progress=False)
     except (OSError, ValueError) as err:
         if isinstance(err, urllib.error.HTTPError):
             reason = f"HTTP {err.code} {err.reason}"
@@ -137,6 +159,15 @@ def _download(
             f"Could not download {url}: {reason}. {_expected(root, files, missing)} "
             f"{_manual_hint(root)}"
         ) from err
+    finally:
+        socket.setdefaulttimeout(default_timeout)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_SIZE):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -173,3 +204,37 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) ->
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _download_files(
+    root: Path,
+    files: Sequence[str],
+    missing: Sequence[str],
+    urls: Mapping[str, str],
+    sha256: Mapping[str, str],
+    timeout: float,
+) -> None:
+    """Each missing file from its own URL; it appears under its name only once complete and
+    checked against its SHA-256."""
+    absent = [name for name in missing if name not in urls]
+    if absent:
+        raise DatasetNotFoundError(
+            f"No download URL for {', '.join(absent)}. {_expected(root, files, missing)} "
+            "Put the files there, or set data.root=... to a folder that holds them."
+        )
+    for name in missing:
+        url, expected = urls[name], sha256.get(name)
+        logger.info("Downloading %s into %s", url, (root / name).resolve())
+        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = _download(url, out, timeout, root, files, missing)
+            if expected is not None and digest != expected.lower():
+                raise ChecksumError(
+                    f"Checksum mismatch for {url}: expected sha256 {expected.lower()}, got "
+                    f"{digest}. The download was discarded; {(root / name).resolve()} was not "
+                    "written."
+                )
+            os.replace(tmp_name, root / name)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)

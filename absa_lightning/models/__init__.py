@@ -1,3 +1,4 @@
+from absa_lightning.models.e5 import packaged_e5_small
 from absa_lightning.models.encoder import (
     encoder_from_spec,
     encoder_spec,
@@ -12,6 +13,7 @@ __all__ = [
     "AspectSentimentNet",
     "encoder_from_spec",
     "encoder_spec",
+    "packaged_e5_small",
     "packaged_minilm",
     "pretrained",
     "scratch_bert",

@@ -120,8 +120,8 @@ def encoder_from_spec(spec: dict) -> Encoder:
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in spec["tokenizer_files"].items():
             (Path(tmp) / name).write_bytes(data)
-        tokenizer = AutoTokenizer.from_pretrained(tmp)
-    return tokenizer, without_pooler(AutoModel.from_config(config))
+        tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
+    return tokenizer, without_pooler(AutoModel.from_config(config, trust_remote_code=False))
 
 
 def without_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
