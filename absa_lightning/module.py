@@ -19,6 +19,7 @@ from absa_lightning.errors import AbsaUserError
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
 from absa_lightning.report import LOSS_KEYS
+from absa_lightning.thresholds import aspect_thresholds, decode
 
 # Parts of a training module that a network loaded for inference does not have.
 TRAINING_ONLY_STATE = ("balancer.", "focal.", "contrastive.")
@@ -95,6 +96,9 @@ class AspectSentimentModule(L.LightningModule):
         self.val_losses = _loss_means()
         self.test_losses = _loss_means()
         self.test_per_aspect: dict[str, torch.Tensor] = {}
+        # {aspect: threshold on P(mentioned)} tuned on dev after training (tune_thresholds); kept
+        # in the checkpoint; the aspects not named are decoded by argmax.
+        self.thresholds: dict[str, float] = {}
 
     @property
     def has_losses(self) -> bool:
@@ -127,10 +131,24 @@ class AspectSentimentModule(L.LightningModule):
             raise AbsaUserError(
                 f"checkpoint does not fit the model: {(missing + unexpected)[:5]}", str(path)
             )
+        module.on_load_checkpoint(checkpoint)
         return module
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["encoder_spec"] = encoder_spec(self.tokenizer, self.net.encoder)
+        checkpoint["thresholds"] = dict(self.thresholds)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        thresholds = dict(checkpoint.get("thresholds") or {})
+        aspect_thresholds(thresholds, self.hparams.aspects)  # numbers in [0, 1], known aspects
+        self.thresholds = thresholds
+
+    def decoded(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, A) classes by the tuned thresholds; without any, the logits (scored by argmax)."""
+        if not self.thresholds:
+            return logits
+        thresholds = aspect_thresholds(self.thresholds, self.hparams.aspects)
+        return decode(logits.float().softmax(dim=-1), thresholds.to(logits.device))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         return self.net(input_ids, attention_mask)
@@ -190,6 +208,7 @@ class AspectSentimentModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_pair_f1_best.reset()  # the sanity check's value is not a real best
+        self.thresholds = {}  # tuned for other weights (a resumed tuned checkpoint): argmax
         from absa_lightning.callbacks import LossDynamics  # plots: only where training runs
 
         if getattr(self.balancer, "reads_curves", False) and not any(
@@ -203,7 +222,7 @@ class AspectSentimentModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
         self._log_means("val", self.val_losses, losses, len(batch["labels"]))
-        self.val_scores.update(out.logits, batch["labels"])
+        self.val_scores.update(self.decoded(out.logits), batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_scores.compute()
@@ -216,7 +235,7 @@ class AspectSentimentModule(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out, losses = self._losses(batch)
         self._log_means("test", self.test_losses, losses, len(batch["labels"]))
-        self.test_scores.update(out.logits, batch["labels"])
+        self.test_scores.update(self.decoded(out.logits), batch["labels"])
 
     def _log_means(
         self, stage: str, means: nn.ModuleDict, losses: dict[str, torch.Tensor], comments: int

@@ -15,13 +15,14 @@ them towards 0.5).
 Decoding. `threshold=None` (the default) decodes as the training metrics do: the class with the
 highest softmax, so an aspect is mentioned when P(mentioned) beats every single class. A number,
 or a mapping from aspect to number (aspects not named keep the default), says instead: mentioned
-iff P(mentioned) >= threshold; the polarity is then the most probable one.
+iff P(mentioned) >= threshold; the polarity is then the most probable one. A model trained with
+`tune_thresholds=true` brings its per-aspect thresholds (tuned on dev), which are then the
+default (`absa_lightning.thresholds`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,8 +41,7 @@ from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet
 from absa_lightning.models.encoder import without_pooler
 from absa_lightning.module import AspectSentimentModule
-
-Threshold = float | Mapping[str, float] | None
+from absa_lightning.thresholds import Threshold, aspect_thresholds, decode
 
 CONFIG_FILE = "absa_config.json"  # aspects, polarities, thresholds, the training hyper-parameters
 HEADS_FILE = "heads.safetensors"  # every network weight outside the encoder
@@ -122,9 +122,12 @@ class AspectSentimentPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options: Any) -> AspectSentimentPredictor:
-        """From a Lightning checkpoint of `train.py`; `options` as for the constructor."""
+        """From a Lightning checkpoint of `train.py`; `options` as for the constructor. The
+        checkpoint's tuned thresholds, if any, are the default; a `threshold` in `options`
+        replaces them."""
         module = AspectSentimentModule.from_checkpoint(path)  # its preprocess checked there
         hparams = dict(module.hparams)
+        options.setdefault("threshold", module.thresholds or None)  # tuned on dev, if they were
         return cls(
             module.net,
             module.tokenizer,
@@ -339,34 +342,6 @@ def read_export_config(path: Path) -> dict[str, Any]:
     config["preprocess"] = preprocess_spec(config["preprocess"], f"{path}: field 'preprocess'")
     aspect_thresholds(config["threshold"], config["aspects"])  # a bad one raises here
     return config
-
-
-def aspect_thresholds(threshold: Threshold, aspects: Sequence[str]) -> torch.Tensor:
-    """(A,) detection thresholds; NaN where the aspect keeps argmax decoding."""
-    if threshold is None:
-        return torch.full((len(aspects),), math.nan)
-    if isinstance(threshold, Mapping):
-        unknown = sorted(set(threshold) - set(aspects))
-        if unknown:
-            raise ValueError(f"threshold for unknown aspect(s) {unknown}; the model's: {aspects}")
-        values = [threshold.get(a, math.nan) for a in aspects]
-    else:
-        values = [threshold] * len(aspects)
-    for aspect, value in zip(aspects, values, strict=True):
-        if not isinstance(value, int | float) or not (math.isnan(value) or 0 <= value <= 1):
-            raise ValueError(f"threshold for {aspect} must be a number in [0, 1], got {value!r}")
-    return torch.tensor(values, dtype=torch.float)
-
-
-def decode(probs: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """(N, A, C) probabilities -> (N, A) classes, 0 = absent (module docstring: Decoding)."""
-    mentioned_p = 1.0 - probs[..., 0]  # (N, A)
-    by_argmax = probs.argmax(dim=-1) != 0
-    by_threshold = mentioned_p >= thresholds.nan_to_num(nan=0.0)
-    mentioned = torch.where(thresholds.isnan(), by_argmax, by_threshold)  # (N, A)
-    # With argmax decoding a mentioned aspect's class is its most probable polarity too.
-    polarity = probs[..., 1:].argmax(dim=-1) + 1  # (N, A)
-    return torch.where(mentioned, polarity, torch.zeros_like(polarity))
 
 
 @contextmanager

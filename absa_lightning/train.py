@@ -17,12 +17,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from absa_lightning import report
+from absa_lightning import report, thresholds
 from absa_lightning.callbacks import EmbeddingSpace, LossDynamics
 from absa_lightning.checkpointing import resume_checkpoint
 from absa_lightning.config import CONF_DIR
 from absa_lightning.errors import AbsaUserError, check_arguments, reports_user_errors
 from absa_lightning.models import AspectSentimentNet
+from absa_lightning.models.network import class_priors
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.pretraining import masked_lm_pretraining
 
@@ -95,7 +96,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
         masked_lm_pretraining(tokenizer, encoder, datamodule.train_texts(), stage, **pretraining)
     datamodule.set_tokenizer(tokenizer)
     aspects, polarities = datamodule.aspects, datamodule.polarities
-    net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **cfg.model.head)
+    head = OmegaConf.to_container(cfg.model.head, resolve=True)
+    if head.pop("prior_bias_init", False):
+        head["class_priors"] = class_priors(
+            datamodule.datasets["train"].labels, 1 + len(polarities)
+        )
+    net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
 
     alpha = focal_alpha(cfg.loss.focal.get("alpha"), datamodule.class_counts())
     recipe = {  # for the record (hparams.yaml, checkpoints): plain data, never built again
@@ -126,6 +132,22 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
     return datamodule, model
 
 
+def scale_training_length(cfg: DictConfig, num_comments: int) -> None:
+    """Set `trainer.max_epochs` and the early-stopping patience from `cfg.training_length`,
+    unless `trainer.max_epochs` is set (a number wins, with the patience as configured)."""
+    if cfg.trainer.get("max_epochs") is not None:
+        return
+    scaled = instantiate(cfg.training_length).for_data(num_comments, cfg.data.batch_size)
+    if scaled is None:
+        raise ValueError(
+            "trainer.max_epochs and training_length.target_steps are both null: set one"
+        )
+    cfg.trainer.max_epochs, patience = scaled
+    if cfg.callbacks and cfg.callbacks.get("early_stopping") is not None:
+        cfg.callbacks.early_stopping.patience = patience
+    log.info("%d training comments: max_epochs %d, patience %d", num_comments, *scaled)
+
+
 def train(cfg: DictConfig) -> dict:
     """One training run; returns what it writes to `metrics.json` in `cfg.output_dir`."""
     for group in ("trainer", "data"):  # before the data loads: a bad value fails in seconds
@@ -133,6 +155,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.output_dir)
     datamodule, model = build(cfg)
+    scale_training_length(cfg, len(datamodule.datasets["train"]))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=instantiate_all(cfg.callbacks), logger=instantiate_all(cfg.logger)
     )
@@ -152,6 +175,26 @@ def train(cfg: DictConfig) -> dict:
     best_val = report.scalars(
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
     )
+    argmax_decoding = {}
+    if cfg.tune_thresholds:  # the model holds the best weights: tune them on dev, then score
+        argmax_decoding = {
+            "best_val": best_val,
+            "test": report.scalars(
+                trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+            ),
+        }
+        thresholds.tune_on_dev(
+            model,
+            datamodule,
+            cfg.threshold_grid_step,
+            best,
+            objective=cfg.threshold_objective,
+            write=trainer.is_global_zero,
+        )
+        trainer.strategy.barrier()  # the checkpoint holds them before any process reloads it
+        best_val = report.scalars(
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+        )
     test = report.scalars(trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)[0])
     per_aspect = report.per_aspect_rows(datamodule.aspects, model.test_per_aspect)
 
@@ -165,6 +208,8 @@ def train(cfg: DictConfig) -> dict:
         },
         **readings,
         "per_aspect": per_aspect,
+        "thresholds": model.thresholds,  # tuned on dev; {}: argmax decoding
+        **({"argmax_decoding": argmax_decoding} if argmax_decoding else {}),
         "fit_seconds": fit_seconds,
         "epochs_trained": trainer.current_epoch,  # fewer than max_epochs after early stopping
         "best_checkpoint": best,

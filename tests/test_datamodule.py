@@ -438,3 +438,19 @@ def test_a_new_tokenizer_encodes_the_comments_again(tmp_path: Path) -> None:
     dm.set_tokenizer(other)
     after = next(iter(dm.val_dataloader()))["input_ids"]
     assert after.max() < len(other) <= before.max()
+
+
+@needs_real_data
+def test_train_subset_is_seeded_and_keeps_the_whole_file_s_aspects() -> None:
+    def subset(seed: int) -> AspectSentimentDataModule:
+        dm = datamodule(DATA_DIR, train_subset=50, train_subset_seed=seed)
+        dm.setup("fit")
+        return dm
+
+    first, again, other = subset(0), subset(0), subset(1)
+    assert len(first.datasets["train"]) == 50 == len(first.train_texts())
+    assert first.datasets["train"].texts == again.datasets["train"].texts
+    assert first.datasets["train"].texts != other.datasets["train"].texts
+    assert first.aspects == VISFD_ASPECTS  # from all of Train.csv, not from the 50
+    with pytest.raises(ValueError, match=r"data\.train_subset must be >= 1"):
+        datamodule(DATA_DIR, train_subset=0)

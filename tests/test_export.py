@@ -58,8 +58,8 @@ def test_exported_threshold_is_the_default_and_can_be_replaced(
     everything = AspectSentimentPredictor.from_pretrained(out).predict(COMMENTS[:2])
     assert all(len(p.aspects) == len(tiny_run["aspects"]) for p in everything)
     argmax = AspectSentimentPredictor.from_pretrained(out, threshold=None).predict(COMMENTS[:2])
-    default = AspectSentimentPredictor.from_checkpoint(tiny_run["best_checkpoint"])
-    assert argmax == default.predict(COMMENTS[:2])
+    plain = AspectSentimentPredictor.from_checkpoint(tiny_run["best_checkpoint"], threshold=None)
+    assert argmax == plain.predict(COMMENTS[:2])
 
 
 def test_absa_predict_takes_the_exported_folder(exported: Path, tiny_run: dict) -> None:

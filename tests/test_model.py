@@ -12,7 +12,7 @@ from torch import nn
 from absa_lightning.balancers import StaticWeights
 from absa_lightning.losses import FocalLoss, SupConLoss
 from absa_lightning.models import AspectSentimentNet, packaged_minilm, scratch_bert
-from absa_lightning.models.network import learned_query_attention
+from absa_lightning.models.network import class_priors, learned_query_attention
 from absa_lightning.module import AspectSentimentModule
 
 TEXTS = [
@@ -148,3 +148,41 @@ def test_a_loaded_module_has_the_network_only(tmp_path: Path) -> None:
     assert not any(k.startswith("balancer.") for k in loaded.state_dict())
     with pytest.raises(RuntimeError, match="loaded for inference"):
         loaded.optimization(total_steps=10)
+
+
+def test_prior_bias_init_starts_the_softmax_at_the_training_priors() -> None:
+    labels = torch.tensor([[0, 1], [0, 0], [2, 0], [0, 3], [0, 0], [1, 0]])  # (N, A) classes
+    priors = class_priors(labels, num_classes=4)
+    # Aspect 0: absent 4, Positive 1, Negative 1, Neutral 0 of 6, each + 1 (add-one).
+    torch.testing.assert_close(priors[0], torch.tensor([5.0, 2.0, 2.0, 1.0]) / 10)
+    torch.manual_seed(0)
+    tokenizer, encoder = tiny_encoder()
+    net = AspectSentimentNet(
+        encoder, 2, 4, projection_dim=8, attention_heads=2, class_priors=priors
+    )
+    torch.testing.assert_close(net.classifier_bias.detach().softmax(dim=-1), priors)
+    batch = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        mean_softmax = net.eval()(batch["input_ids"], batch["attention_mask"]).logits.softmax(-1)
+    # The classifier weights start near 0 (std 0.02; logits move by ~0.1 at width 32), so the
+    # bias decides the first softmax: its mean is the priors, where a zero bias gives ~1/4 each.
+    torch.testing.assert_close(mean_softmax.mean(dim=0), priors, atol=0.1, rtol=0)
+    plain = AspectSentimentNet(encoder, 2, 4, projection_dim=8, attention_heads=2)
+    with torch.no_grad():
+        uniform = plain.eval()(batch["input_ids"], batch["attention_mask"]).logits.softmax(-1)
+    assert (uniform.mean(dim=0) - priors).abs().max() > 0.2  # aspect 0 absent: 0.5 against ~0.25
+    with pytest.raises(ValueError, match=r"head.class_priors has shape \(4,\), expected \(2, 4\)"):
+        AspectSentimentNet(encoder, 2, 4, attention_heads=2, class_priors=[0.25] * 4)
+
+
+def test_build_sets_the_bias_from_the_training_split(small_visfd: Path, tmp_path: Path) -> None:
+    from conftest import TINY, compose_train
+
+    from absa_lightning.train import build
+
+    overrides = [*TINY, f"data.root={small_visfd}", "model.head.prior_bias_init=true"]
+    datamodule, model = build(compose_train(overrides, tmp_path))
+    priors = class_priors(datamodule.datasets["train"].labels, 4)
+    torch.testing.assert_close(model.net.classifier_bias.detach().softmax(dim=-1), priors)
+    # What rebuilds the network: the bias itself is a weight, in the checkpoint's state.
+    assert not {"prior_bias_init", "class_priors"} & set(model.hparams.head)

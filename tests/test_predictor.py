@@ -46,9 +46,12 @@ def test_predicts_aspects_with_consistent_probabilities(
             assert a.mentioned_probability == pytest.approx(1 - probs[i, col, 0].item(), abs=1e-6)
             joint = a.mentioned_probability * a.polarity_probability
             assert joint == pytest.approx(probs[i, col, cls].item(), abs=1e-6)
-        # Default decoding is the metrics': argmax over {absent, polarities}.
-        argmax = probs[i].argmax(dim=-1)
-        mentioned = {predictor.aspects[c] for c in argmax.nonzero().flatten().tolist()}
+        # Default decoding is the metrics': the checkpoint's thresholds tuned on dev
+        # (tune_thresholds), argmax over {absent, polarities} for the aspects without one.
+        classes = decode(
+            probs[i : i + 1], aspect_thresholds(tiny_run["thresholds"], predictor.aspects)
+        )
+        mentioned = {predictor.aspects[c] for c in classes[0].nonzero().flatten().tolist()}
         assert {a.aspect for a in prediction.aspects} == mentioned
 
 
@@ -79,7 +82,8 @@ def test_threshold_global_and_per_aspect(tiny_run: dict) -> None:
     nothing = AspectSentimentPredictor.from_checkpoint(path, threshold=1.0).predict(COMMENTS)
     assert all(p.aspects == [] for p in nothing)
 
-    default = AspectSentimentPredictor.from_checkpoint(path).predict(COMMENTS)
+    # threshold=None: argmax for all, in place of the checkpoint's tuned thresholds.
+    default = AspectSentimentPredictor.from_checkpoint(path, threshold=None).predict(COMMENTS)
     first = tiny_run["aspects"][0]
     only_first = AspectSentimentPredictor.from_checkpoint(path, threshold={first: 0.0})
     for got, base in zip(only_first.predict(COMMENTS), default, strict=True):

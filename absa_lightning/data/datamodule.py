@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
     Training batches are cut from length-sorted pools of `bucket_batches` batches (see
     `LengthBucketBatchSampler`); every batch is padded to its longest comment, or to
     `max_length` with `pad_to_max_length` (which only measures what padding costs).
+
+    `train_subset` trains on that many training comments drawn at random (`train_subset_seed`),
+    to see how a recipe fares on a small dataset; the aspect list still comes from the whole file.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
         num_workers: int = 0,
         bucket_batches: int = 50,
         pad_to_max_length: bool = False,
+        train_subset: int | None = None,
+        train_subset_seed: int = 0,
     ):
         super().__init__()
         if set(files) != set(SPLITS):
@@ -150,6 +156,9 @@ class AspectSentimentDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.bucket_batches, self.pad_to_max_length = bucket_batches, pad_to_max_length
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"data.train_subset must be >= 1 or null, got {train_subset}")
+        self.train_subset, self.train_subset_seed = train_subset, train_subset_seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._examples: dict[str, list[Example]] = {}
         self.datasets: dict[str, AspectSentimentDataset] = {}
@@ -166,7 +175,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
             log.info("aspects from %s: %s", self.paths["train"], self.aspects)
         for split in needed:
             if split not in self.datasets:
-                self.datasets[split] = self._to_dataset(split, self._read(split))
+                self.datasets[split] = self._to_dataset(split, self._split_examples(split))
 
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -179,7 +188,17 @@ class AspectSentimentDataModule(L.LightningDataModule):
         return torch.bincount(labels.flatten(), minlength=1 + len(self.polarities))
 
     def train_texts(self) -> list[str]:
-        return [ex.text for ex in self._read("train")]
+        return [ex.text for ex in self._split_examples("train")]
+
+    def _split_examples(self, split: str) -> list[Example]:
+        """The split's examples; for train, the `train_subset` drawn from them when set."""
+        examples = self._read(split)
+        if split != "train" or self.train_subset is None or self.train_subset >= len(examples):
+            return examples
+        keep = sorted(
+            random.Random(self.train_subset_seed).sample(range(len(examples)), self.train_subset)
+        )
+        return [examples[i] for i in keep]
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._encoded("train")
@@ -203,6 +222,10 @@ class AspectSentimentDataModule(L.LightningDataModule):
             batch_size=self.eval_batch_size,
             sampler=self._eval_sampler(self.test_split),
         )
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """The whole split in order, in this process (under DDP too): for tuning on dev."""
+        return self._loader(split, batch_size=self.eval_batch_size)
 
     def _eval_sampler(self, split: str) -> Sampler | None:
         """Under DDP, each process scores its share of the split and every comment exactly once.

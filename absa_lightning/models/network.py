@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -47,10 +48,22 @@ def learned_query_attention(
     return attention.out_proj(values.flatten(2))
 
 
+def class_priors(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, A) class ids -> (A, C) each aspect's class frequencies, add-one smoothed (an unseen
+    class keeps a finite log-prior)."""
+    counts = F.one_hot(labels, num_classes).sum(dim=0).float() + 1.0  # (A, C)
+    return counts / counts.sum(dim=-1, keepdim=True)
+
+
 class AspectSentimentNet(nn.Module):
     """Each aspect has a learned query that attends over the token states; the result is that
     aspect's embedding of the comment. A per-aspect linear head classifies it into
     {absent, polarity…}; a shared MLP projects it for the supervised contrastive loss.
+
+    `class_priors` ((A, C) frequencies, `class_priors()`) starts each aspect's classifier bias
+    at their logarithm, so the first softmax is the priors (Lin et al., 2017, focal loss §4.1):
+    the first steps fit the text, not the class balance; with a zero bias they are spent
+    learning that most cells are absent, and a rare aspect can collapse into "never".
     """
 
     def __init__(
@@ -61,6 +74,7 @@ class AspectSentimentNet(nn.Module):
         projection_dim: int = 128,
         attention_heads: int = 4,
         dropout: float = 0.1,
+        class_priors: Sequence[Sequence[float]] | None = None,
     ):
         super().__init__()
         d = encoder.config.hidden_size
@@ -84,6 +98,15 @@ class AspectSentimentNet(nn.Module):
         # One linear classifier per aspect, applied to all aspects at once with an einsum.
         self.classifier_weight = nn.Parameter(torch.randn(num_aspects, d, num_classes) * 0.02)
         self.classifier_bias = nn.Parameter(torch.zeros(num_aspects, num_classes))
+        if class_priors is not None:
+            priors = torch.as_tensor(class_priors, dtype=torch.float)
+            if priors.shape != (num_aspects, num_classes):
+                raise ValueError(
+                    f"head.class_priors has shape {tuple(priors.shape)}, "
+                    f"expected ({num_aspects}, {num_classes})"
+                )
+            with torch.no_grad():
+                self.classifier_bias.copy_(priors.log())
         self.projection = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, projection_dim))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AspectOutputs:
