@@ -214,9 +214,10 @@ class AspectSentimentModule(L.LightningModule):
         if getattr(self.balancer, "reads_curves", False) and not any(
             isinstance(c, LossDynamics) for c in self.trainer.callbacks
         ):
-            raise ValueError(
-                f"loss/balancer ({type(self.balancer).__name__}) acts on the loss-dynamics "
-                "reading: keep callbacks.loss_dynamics (do not drop it with ~callbacks...)"
+            raise AbsaUserError(
+                f"{type(self.balancer).__name__} acts on the loss-dynamics reading, which is off",
+                "loss/balancer",
+                "keep callbacks.loss_dynamics (do not drop it with ~callbacks.loss_dynamics)",
             )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
