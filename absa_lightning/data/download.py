@@ -225,16 +225,16 @@ def _download_files(
     for name in missing:
         url, expected = urls[name], sha256.get(name)
         logger.info("Downloading %s into %s", url, (root / name).resolve())
-        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
+        part = root / f".{name}.{uuid.uuid4().hex}.part"
         try:
-            with os.fdopen(fd, "wb") as out:
-                digest = _download(url, out, timeout, root, files, missing)
+            _download(url, part, timeout, root, files, missing)
+            digest = _sha256(part)
             if expected is not None and digest != expected.lower():
                 raise ChecksumError(
                     f"Checksum mismatch for {url}: expected sha256 {expected.lower()}, got "
                     f"{digest}. The download was discarded; {(root / name).resolve()} was not "
                     "written."
                 )
-            os.replace(tmp_name, root / name)
+            os.replace(part, root / name)
         finally:
-            Path(tmp_name).unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
