@@ -36,6 +36,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
+from absa_lightning.data.batching import (
+    TokenizedTexts,
+    length_sorted_batches,
+    pad_batch,
+    tokenize,
+)
 from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet
@@ -214,24 +220,14 @@ class AspectSentimentPredictor:
     def encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Token ids and mask, prepared, cut to `max_length` and padded to the longest comment as
         the training batches are; and (N,) whether each comment was cut."""
+        tokenized = self._tokenize(texts)
+        input_ids, attention_mask = pad_batch(tokenized.token_ids, self.tokenizer.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}, tokenized.truncated
+
+    def _tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
         if self._preprocess is not None:
             texts = [self._preprocess(t) for t in texts]
-        batch = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            padding="longest",
-            return_token_type_ids=False,
-            return_tensors="pt",
-        )
-        # Only a comment that fills max_length can have been cut: tokenize those again, uncut.
-        full = (batch["attention_mask"].sum(dim=1) == self.max_length).nonzero().flatten()
-        truncated = torch.zeros(len(texts), dtype=torch.bool)
-        if len(full):
-            uncut = [texts[i] for i in full.tolist()]
-            lengths = self.tokenizer(uncut, return_length=True, verbose=False)  # no length warning
-            truncated[full] = torch.tensor(lengths["length"]) > self.max_length
-        return batch, truncated
+        return tokenize(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def predict_proba(
@@ -248,16 +244,19 @@ class AspectSentimentPredictor:
         probs = torch.zeros(len(texts), len(self.aspects), 1 + len(self.polarities))
         probs[..., 0] = 1.0
         truncated = torch.zeros(len(texts), dtype=torch.bool)
-        batches = list(self._batches(texts))
+        live = [i for i, text in enumerate(texts) if text.strip()]
+        tokenized = self._tokenize([texts[i] for i in live])
+        truncated[live] = tokenized.truncated
+        lengths = [len(ids) for ids in tokenized.token_ids]
+        batches = length_sorted_batches(lengths, self.batch_size)  # positions in `live`
         if progress:
             batches = track(batches, description="Predicting", console=Console(stderr=True))
-        for index in batches:
-            batch, cut = self.encode([texts[i] for i in index])
-            truncated[index] = cut
-            logits = self.net(
-                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            ).logits
-            probs[index] = logits.float().softmax(dim=-1).cpu()
+        for batch in batches:
+            input_ids, attention_mask = pad_batch(
+                [tokenized.token_ids[j] for j in batch], self.tokenizer.pad_token_id
+            )
+            logits = self.net(input_ids.to(self.device), attention_mask.to(self.device)).logits
+            probs[[live[j] for j in batch]] = logits.float().softmax(dim=-1).cpu()
         return probs, truncated
 
     def predict(self, texts: Sequence[str], progress: bool = False) -> list[CommentPrediction]:
@@ -287,13 +286,6 @@ class AspectSentimentPredictor:
             )
             for text, cls, pol_p, men_p, cut in rows
         ]
-
-    def _batches(self, texts: Sequence[str]) -> Iterator[list[int]]:
-        """Indices of the non-blank comments, `batch_size` at a time, by length: similar lengths
-        share a batch, so little of it is padding."""
-        order = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            yield order[start : start + self.batch_size]
 
 
 _EXPORT_FIELDS: dict[str, Callable[[Any], bool]] = {

@@ -24,6 +24,8 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from absa_lightning.data.batching import tokenize
+
 __all__ = ["MaskedLMHead", "MaskedLMModule", "masked_lm_pretraining"]
 
 IGNORED = -100  # the collator's label for the tokens that are not predicted
@@ -88,10 +90,11 @@ def masked_lm_pretraining(
 ) -> list[float]:
     """Trains `encoder` in place on `texts` for the `trainer`'s epochs; returns the mean
     masked-LM loss of each epoch."""
-    encoded = tokenizer(
-        list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True
-    )
-    rows = [{key: column[i] for key, column in encoded.items()} for i in range(len(texts))]
+    tokenized = tokenize(tokenizer, texts, max_length, special_tokens_mask=True)
+    rows = [
+        {"input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "special_tokens_mask": mask}
+        for ids, mask in zip(tokenized.token_ids, tokenized.special_tokens_mask, strict=True)
+    ]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mask_prob)
     batches = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=collator)
     module = MaskedLMModule(encoder, lr, warmup_ratio)

@@ -1,4 +1,4 @@
-"""LengthBucketBatchSampler and pad_batch."""
+"""tokenize, LengthBucketBatchSampler, length_sorted_batches and pad_batch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
+from absa_lightning.data.batching import (
+    LengthBucketBatchSampler,
+    length_sorted_batches,
+    pad_batch,
+    tokenize,
+)
 
 
 def padded_tokens(batches: list[list[int]], lengths: torch.Tensor) -> int:
@@ -84,3 +89,26 @@ def test_pad_batch_to_longest_and_to_a_fixed_length() -> None:
     input_ids, mask = pad_batch(ids, pad_id=0, pad_to=5)
     assert input_ids.tolist() == [[5, 6, 7, 0, 0], [8, 0, 0, 0, 0]]
     assert mask.sum(dim=1).tolist() == [3, 1]
+
+
+def test_length_sorted_batches_shortest_first_ties_in_order() -> None:
+    assert length_sorted_batches([5, 2, 9, 2, 1], 2) == [[4, 1], [3, 0], [2]]
+    assert length_sorted_batches([], 3) == []
+
+
+def test_tokenize_cuts_to_max_length_and_flags_only_the_cut() -> None:
+    from absa_lightning.models import scratch_bert
+
+    texts = ["pin tốt", "pin tốt camera", "pin tốt camera đẹp", ""]
+    tok, _ = scratch_bert(
+        texts, vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=16
+    )
+    full = [tok(t)["input_ids"] for t in texts]
+    max_length = len(full[1])  # the second fills it exactly, uncut; the third is cut
+    tokenized = tokenize(tok, texts, max_length, special_tokens_mask=True)
+    assert tokenized.truncated.tolist() == [False, False, True, False]
+    assert [ids.tolist() for ids in tokenized.token_ids[:2]] == full[:2]
+    assert len(tokenized.token_ids[2]) == max_length
+    assert tokenized.token_ids[2][-1] == tok.sep_token_id
+    assert [m[0] for m in tokenized.special_tokens_mask] == [1, 1, 1, 1]
+    assert tokenize(tok, [], max_length).token_ids == []

@@ -375,6 +375,29 @@ def test_batches_pad_to_longest_in_batch_and_truncate(tmp_path: Path) -> None:
         assert batch["input_ids"].dtype == torch.long
 
 
+def test_the_predictor_encodes_comments_as_the_training_batches_do(tmp_path: Path) -> None:
+    """One tokenise-and-pad (data.batching): same ids, mask and padding for the same comments."""
+    from absa_lightning.predictor import AspectSentimentPredictor
+
+    max_length = 12
+    dm = collation_module(tmp_path, max_length=max_length, eval_batch_size=2)
+    tok = tiny_tokenizer()
+    dm.set_tokenizer(tok)
+    predictor = AspectSentimentPredictor(
+        torch.nn.Identity(), tok, ["A"], ["Positive"], max_length=max_length, device="cpu"
+    )
+    for batch, texts, cut in zip(
+        dm.val_dataloader(),
+        ([SHORT, MEDIUM], [LONG, SHORT]),
+        ([False, False], [True, False]),
+        strict=True,
+    ):
+        encoded, truncated = predictor.encode(texts)
+        assert torch.equal(encoded["input_ids"], batch["input_ids"])
+        assert torch.equal(encoded["attention_mask"], batch["attention_mask"])
+        assert truncated.tolist() == cut
+
+
 def test_shuffled_training_batches_keep_labels_with_their_index(tmp_path: Path) -> None:
     dm = collation_module(tmp_path, batch_size=3)
     dm.set_tokenizer(tiny_tokenizer())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from absa_lightning import AspectSentimentPredictor
 from absa_lightning.data.preprocess import PREPROCESSORS
 from absa_lightning.errors import AbsaUserError
+from absa_lightning.models import scratch_bert
 from absa_lightning.predictor import aspect_thresholds, decode, load_predictor
 
 COMMENTS = [
@@ -62,6 +64,31 @@ def test_batch_size_and_order_do_not_change_predictions(
     reversed_probs, _ = one_by_one.predict_proba(COMMENTS[::-1])
     probs, _ = predictor.predict_proba(COMMENTS)
     torch.testing.assert_close(reversed_probs.flip(0), probs, atol=1e-5, rtol=0)
+
+
+def test_predictions_come_back_in_the_callers_order() -> None:
+    """Batches run shortest first; each comment's row is its own. A net whose logit is the
+    comment's token count shows which comment a row came from."""
+
+    class CountingNet(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(len(input_ids), 1, 2)
+            logits[:, 0, 1] = attention_mask.sum(dim=1).float()
+            return SimpleNamespace(logits=logits)
+
+    texts = [*COMMENTS, "  ", "pin"]
+    tokenizer, _ = scratch_bert(
+        texts, vocab_size=100, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=16
+    )
+    counting = AspectSentimentPredictor(
+        CountingNet(), tokenizer, ["A"], ["Positive"], batch_size=2, device="cpu"
+    )
+    probs, truncated = counting.predict_proba(texts)
+    counts = [len(tokenizer(t)["input_ids"]) for t in texts]
+    expected = torch.tensor([[0.0, float(n)] for n in counts]).softmax(dim=-1)
+    expected[5] = torch.tensor([1.0, 0.0])  # blank: not run
+    torch.testing.assert_close(probs[:, 0], expected)
+    assert not truncated.any()
 
 
 def test_blank_long_and_odd_comments(predictor: AspectSentimentPredictor) -> None:

@@ -1,4 +1,7 @@
-"""Batching: comments of similar length together, and padding a batch of token ids.
+"""Tokenising and batching, the one source for training, prediction and pre-training: texts to
+token ids cut to `max_length` (`tokenize`), comments of similar length together
+(`LengthBucketBatchSampler` in training, `length_sorted_batches` in prediction), and padding a
+batch of token ids (`pad_batch`).
 
 A batch is padded to its longest comment, so its cost follows that comment. UIT-ViSFD's
 comments run from a few tokens to `max_length`; random batches of 32 almost always hold one
@@ -9,10 +12,61 @@ length-sorted pools pad little. `benchmarks/speed.py` measures the difference.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, Sampler
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    token_ids: list[torch.Tensor]  # per text, with the special tokens, at most max_length
+    truncated: torch.Tensor  # (N,) bool: longer than max_length tokens, only the start kept
+    special_tokens_mask: list[list[int]] | None  # per text, 1 at a special token; when asked
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    special_tokens_mask: bool = False,
+) -> TokenizedTexts:
+    """Each text's token ids, cut to `max_length` as the tokenizer cuts (keeping its closing
+    special token), and which texts were cut."""
+    if not texts:
+        return TokenizedTexts(
+            [], torch.zeros(0, dtype=torch.bool), [] if special_tokens_mask else None
+        )
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=False,
+        return_attention_mask=False,
+        return_special_tokens_mask=special_tokens_mask,
+    )
+    token_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
+    # Only a text that fills max_length can have been cut: tokenise those again, uncut.
+    full = [i for i, ids in enumerate(token_ids) if len(ids) == max_length]
+    truncated = torch.zeros(len(texts), dtype=torch.bool)
+    if full:
+        uncut = tokenizer([texts[i] for i in full], return_length=True, verbose=False)
+        truncated[full] = torch.tensor(uncut["length"]) > max_length
+    masks = encoded["special_tokens_mask"] if special_tokens_mask else None
+    return TokenizedTexts(token_ids, truncated, masks)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices, shortest first (ties in index order), `batch_size` at a time: similar lengths
+    share a batch, so little of it is padding. For prediction; training shuffles
+    (`LengthBucketBatchSampler`)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 class LengthBucketBatchSampler(BatchSampler):

@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch
+from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch, tokenize
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
 from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
@@ -37,14 +37,7 @@ class AspectSentimentDataset(Dataset):
         self.token_ids: list[torch.Tensor] | None = None
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-        encoded = tokenizer(
-            self.texts,
-            truncation=True,
-            max_length=max_length,
-            return_token_type_ids=False,
-            return_attention_mask=False,
-        )
-        self.token_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded["input_ids"]]
+        self.token_ids = tokenize(tokenizer, self.texts, max_length).token_ids
 
     def lengths(self) -> list[int]:
         assert self.token_ids is not None, "encode() first"
