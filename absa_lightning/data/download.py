@@ -93,12 +93,7 @@ def ensure_dataset(
     archive = root / f".download-{uuid.uuid4().hex}.zip"
     try:
         _download(url, archive, timeout, root, files, missing)
-        digest = _sha256(archive)
-        if sha256 is not None and digest != sha256.lower():
-            raise ChecksumError(
-                f"Checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest}. "
-                f"The download was discarded and nothing was extracted into {root.resolve()}."
-            )
+        _check_sha256(archive, sha256, url, f"nothing was extracted into {root.resolve()}")
         _extract(archive, root, missing, url)
     finally:
         # The archive is removed: once the CSVs exist it is never read again, and keeping it
@@ -171,6 +166,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_sha256(path: Path, expected: str | None, url: str, consequence: str) -> None:
+    """A download whose SHA-256 is not `expected` (None: not checked) is refused."""
+    if expected is None:
+        return
+    digest = _sha256(path)
+    if digest != expected.lower():
+        raise ChecksumError(
+            f"Checksum mismatch for {url}: expected sha256 {expected.lower()}, got {digest}. "
+            f"The download was discarded; {consequence}."
+        )
+
+
 def _extract(archive: Path, root: Path, names: Sequence[str], url: str) -> None:
     """Extract members by base name; each file appears under its final name only when complete."""
     try:
@@ -228,13 +235,7 @@ def _download_files(
         part = root / f".{name}.{uuid.uuid4().hex}.part"
         try:
             _download(url, part, timeout, root, files, missing)
-            digest = _sha256(part)
-            if expected is not None and digest != expected.lower():
-                raise ChecksumError(
-                    f"Checksum mismatch for {url}: expected sha256 {expected.lower()}, got "
-                    f"{digest}. The download was discarded; {(root / name).resolve()} was not "
-                    "written."
-                )
+            _check_sha256(part, expected, url, f"{(root / name).resolve()} was not written")
             os.replace(part, root / name)
         finally:
             part.unlink(missing_ok=True)
