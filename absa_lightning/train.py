@@ -139,7 +139,7 @@ def scale_training_length(cfg: DictConfig, num_comments: int) -> None:
         return
     scaled = instantiate(cfg.training_length).for_data(num_comments, cfg.data.batch_size)
     if scaled is None:
-        raise ValueError(
+        raise AbsaUserError(
             "trainer.max_epochs and training_length.target_steps are both null: set one"
         )
     cfg.trainer.max_epochs, patience = scaled
