@@ -105,13 +105,20 @@ def write_synthetic_visfd(folder: Path, sizes: dict[str, int], seed: int = 0) ->
 
 @pytest.fixture(scope="session")
 def small_visfd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """128 / 48 / 48 UIT-ViSFD comments, at most: nine of the ten aspects. Without UIT-ViSFD,
-    as many synthetic comments in its format, over the same nine aspects."""
+    """128 / 48 / 48 synthetic comments in UIT-ViSFD's format, over nine aspects: the tests' own
+    data, the same with or without ../shared."""
     sizes = {"Train.csv": 128, "Dev.csv": 48, "Test.csv": 48}
-    folder = tmp_path_factory.mktemp("visfd_small")
+    return write_synthetic_visfd(tmp_path_factory.mktemp("visfd_small"), sizes)
+
+
+@pytest.fixture(scope="session")
+def real_visfd_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 128 / 48 / 48 UIT-ViSFD comments, for the few tests that need real text;
+    skipped without UIT-ViSFD."""
     if not (DATA_DIR / "Train.csv").is_file():
-        return write_synthetic_visfd(folder, sizes)
-    return write_visfd_subset(folder, sizes)
+        pytest.skip(f"UIT-ViSFD not found in {DATA_DIR} (set ABSA_DATA_DIR)")
+    sizes = {"Train.csv": 128, "Dev.csv": 48, "Test.csv": 48}
+    return write_visfd_subset(tmp_path_factory.mktemp("visfd_real_small"), sizes)
 
 
 @pytest.fixture(scope="session")
