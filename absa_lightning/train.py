@@ -211,6 +211,7 @@ def train(cfg: DictConfig) -> dict:
         "thresholds": model.thresholds,  # tuned on dev; {}: argmax decoding
         **({"argmax_decoding": argmax_decoding} if argmax_decoding else {}),
         "fit_seconds": fit_seconds,
+        "train_comments": len(datamodule.datasets["train"]),
         "epochs_trained": trainer.current_epoch,  # fewer than max_epochs after early stopping
         "best_checkpoint": best,
         "aspects": datamodule.aspects,

@@ -364,10 +364,15 @@ def e5_small_folder(cache_dir: str | Path | None = None) -> Path:
 
 
 def prune_vocabulary(
-    tokenizer: PreTrainedTokenizerFast, encoder: PreTrainedModel, texts: Iterable[str]
+    tokenizer: PreTrainedTokenizerFast,
+    encoder: PreTrainedModel,
+    texts: Iterable[str],
+    characters: str | None = None,
 ) -> tuple[PreTrainedTokenizerFast, PreTrainedModel]:
     """Keep the special tokens, every piece the `texts` are tokenised into and every
     single-character piece (so unseen words still decompose); renumber them in their old order.
+    `characters`: keep only these single-character pieces (e.g. every character of the texts
+    the model will read), not all ~13,000.
 
     The `texts` tokenise to the same pieces as before: their best segmentation uses kept pieces
     only, and removing other pieces removes only other candidates. The encoder is changed in
@@ -377,7 +382,11 @@ def prune_vocabulary(
     vocab = spec["model"]["vocab"]  # [[piece, score], ...]
     used = {i for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"] for i in ids}
     special = set(tokenizer.all_special_ids)
-    single = {i for i, (piece, _) in enumerate(vocab) if len(piece) == 1}
+    single = {
+        i
+        for i, (piece, _) in enumerate(vocab)
+        if len(piece) == 1 and (characters is None or piece in characters)
+    }
     kept = sorted(used | special | single)
     new_id = {old: new for new, old in enumerate(kept)}
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
     AutoConfig,
@@ -30,7 +31,10 @@ Encoder = tuple[PreTrainedTokenizerBase, PreTrainedModel]
 
 def pretrained(name_or_path: str | Path, texts: Sequence[str] | None = None) -> Encoder:
     """A pretrained encoder by hub name (what cluster jobs use) or local Hugging Face folder."""
-    encoder = without_pooler(AutoModel.from_pretrained(str(name_or_path)))
+    # float32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto"):
+    # AdamW on bf16 weights loses small updates; trainer=gpu's bf16 autocast does the rest.
+    model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
+    encoder = without_pooler(model)
     # from_pretrained gives eval mode, which Lightning keeps: dropout would stay off.
     return AutoTokenizer.from_pretrained(str(name_or_path)), encoder.train()
 
