@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 # One thread a process, here and in the train.py subprocesses (set before torch loads): the
@@ -89,24 +90,32 @@ POLARITY_WORDS = {
 FILLERS = ["mới mua", "dùng được một tuần", "nói chung", "mọi người ạ", "shop"]
 
 
+def synthetic_comments(n: int, rng: random.Random) -> Iterator[tuple[str, str]]:
+    """`n` made-up (comment, UIT-ViSFD label string) pairs, 1-3 aspects each, every aspect and
+    polarity said by its own words. Drawn one at a time from `rng`, which the caller may draw
+    from in between."""
+    for _ in range(n):
+        aspects = rng.sample(sorted(ASPECT_WORDS), rng.randint(1, 3))
+        polarities = [rng.choice(sorted(POLARITY_WORDS)) for _ in aspects]
+        clauses = [
+            f"{rng.choice(ASPECT_WORDS[a])} {rng.choice(POLARITY_WORDS[p])}"
+            for a, p in zip(aspects, polarities, strict=True)
+        ]
+        text = ", ".join([rng.choice(FILLERS), *clauses])
+        label = ";".join(f"{{{a}#{p}}}" for a, p in zip(aspects, polarities, strict=True))
+        yield text, label
+
+
 def write_synthetic_visfd(folder: Path, sizes: dict[str, int], seed: int = 0) -> Path:
-    """UIT-ViSFD-format CSV files of made-up comments, 1-3 aspects each, learnable from their
-    words; every aspect of dev and test also occurs in train."""
+    """UIT-ViSFD-format CSV files of made-up comments (`synthetic_comments`), learnable from
+    their words; every aspect of dev and test also occurs in train."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in sizes.items():
         with open(folder / name, "w", encoding="utf-8", newline="") as dst:
             writer = csv.writer(dst)
             writer.writerow(["index", "comment", "n_star", "date_time", "label"])
-            for i in range(n):
-                aspects = rng.sample(sorted(ASPECT_WORDS), rng.randint(1, 3))
-                polarities = [rng.choice(sorted(POLARITY_WORDS)) for _ in aspects]
-                clauses = [
-                    f"{rng.choice(ASPECT_WORDS[a])} {rng.choice(POLARITY_WORDS[p])}"
-                    for a, p in zip(aspects, polarities, strict=True)
-                ]
-                text = ", ".join([rng.choice(FILLERS), *clauses])
-                label = ";".join(f"{{{a}#{p}}}" for a, p in zip(aspects, polarities, strict=True))
+            for i, (text, label) in enumerate(synthetic_comments(n, rng)):
                 writer.writerow([i, text, rng.randint(1, 5), "1 tuần trước", label])
     return folder
 

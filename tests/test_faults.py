@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, REPO, TINY, compose_train
+from conftest import NO_DIAGNOSTICS, QUIET, REPO, TINY, compose_train
 
 from absa_lightning.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from absa_lightning.losses import SupConLoss
@@ -223,7 +223,14 @@ def test_non_finite_loss_stops_the_run_naming_loss_step_and_batch(
 
     monkeypatch.setattr(SupConLoss, "forward", nan_on_third_training_batch)
     cfg = compose_train(
-        [*TINY, *QUIET, f"data.root={small_visfd}", "data.batch_size=16", "trainer.max_epochs=1"],
+        [
+            *TINY,
+            *QUIET,
+            *NO_DIAGNOSTICS,
+            f"data.root={small_visfd}",
+            "data.batch_size=16",
+            "trainer.max_epochs=1",
+        ],
         tmp_path,
     )
     with pytest.raises(FloatingPointError) as error:
