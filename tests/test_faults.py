@@ -23,10 +23,8 @@ from absa_lightning.train import train
 STEPS_PER_EPOCH = 32  # 128 training comments, batches of 4
 
 
-def _train_command(data: Path, run_dir: Path) -> list[str]:
+def _overrides(data: Path) -> list[str]:
     return [
-        sys.executable,
-        str(REPO / "train.py"),
         *TINY,
         *QUIET,
         f"data.root={data}",
@@ -34,8 +32,11 @@ def _train_command(data: Path, run_dir: Path) -> list[str]:
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "+logger.csv.flush_logs_every_n_steps=1",  # metrics.csv shows each step as it ends
-        f"hydra.run.dir={run_dir}",
     ]
+
+
+def _train_command(data: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *_overrides(data), f"hydra.run.dir={run_dir}"]
 
 
 def _run(command: list[str]) -> None:
@@ -108,7 +109,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(small_visfd: Path, tmp_p
     scheduler, loops, early stopping, best-checkpoint tracking and the random generators: every
     metric and every tensor of the final checkpoint equals the uninterrupted run's exactly.
     """
-    _run(_train_command(small_visfd, tmp_path / "uninterrupted"))
+    # The run as it goes uninterrupted, in this process (the same as train.py's: test_train).
+    train(compose_train(_overrides(small_visfd), tmp_path / "uninterrupted"))
 
     run_dir = tmp_path / "killed"
     command = _train_command(small_visfd, run_dir)
