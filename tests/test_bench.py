@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import QUIET, TINY, compose_train
+from conftest import NO_DIAGNOSTICS, QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
 from absa_lightning.metrics import AspectConfusionMatrix
@@ -263,7 +263,7 @@ def test_quality_runner_trains_once_and_reuses_only_the_same_code_and_overrides(
             "quality": {
                 "rows": {"tiny": {"label": "tiny", "overrides": [*TINY, "trainer.max_epochs=1"]}},
                 "common_overrides": QUIET,
-                "extra_overrides": ["~callbacks.embedding_space"],
+                "extra_overrides": NO_DIAGNOSTICS,
             },
         }
     )

@@ -463,17 +463,22 @@ def test_a_new_tokenizer_encodes_the_comments_again(tmp_path: Path) -> None:
     assert after.max() < len(other) <= before.max()
 
 
-@needs_real_data
-def test_train_subset_is_seeded_and_keeps_the_whole_file_s_aspects() -> None:
-    def subset(seed: int) -> AspectSentimentDataModule:
-        dm = datamodule(DATA_DIR, train_subset=50, train_subset_seed=seed)
+def test_train_subset_is_seeded_and_keeps_the_whole_file_s_aspects(small_visfd: Path) -> None:
+    def subset(seed: int, n: int = 50) -> AspectSentimentDataModule:
+        dm = datamodule(small_visfd, train_subset=n, train_subset_seed=seed)
         dm.setup("fit")
         return dm
 
+    whole = datamodule(small_visfd)
+    whole.setup("fit")
     first, again, other = subset(0), subset(0), subset(1)
     assert len(first.datasets["train"]) == 50 == len(first.train_texts())
+    assert set(first.datasets["train"].texts) < set(whole.datasets["train"].texts)
     assert first.datasets["train"].texts == again.datasets["train"].texts
     assert first.datasets["train"].texts != other.datasets["train"].texts
-    assert first.aspects == VISFD_ASPECTS  # from all of Train.csv, not from the 50
+    # Two comments say at most six of the nine aspects: the list is still the whole file's.
+    two = subset(0, n=2)
+    assert int((two.datasets["train"].labels > 0).any(dim=0).sum()) <= 6
+    assert two.aspects == first.aspects == whole.aspects == VISFD_ASPECTS[:9]
     with pytest.raises(ValueError, match=r"data\.train_subset must be >= 1"):
-        datamodule(DATA_DIR, train_subset=0)
+        datamodule(small_visfd, train_subset=0)

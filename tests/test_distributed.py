@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import CONF_DIR, QUIET, TINY
+from conftest import CONF_DIR, NO_DIAGNOSTICS, QUIET, TINY
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -280,7 +280,8 @@ def test_slurm_sweep_submits_one_array_task_per_job_with_the_requeue_signal(
 
 @pytest.mark.slow
 def test_submitit_local_sweep_runs_each_job(small_visfd: Path, tmp_path: Path) -> None:
-    """hydra/launcher=submitit_local: two jobs, each in its own process, each with metrics.json."""
+    """hydra/launcher=submitit_local: two jobs, each in its own process, each with metrics.json;
+    the sweep ends with its summary (summary.csv, .md, .png)."""
     check(
         run(
             "train.py",
@@ -289,6 +290,7 @@ def test_submitit_local_sweep_runs_each_job(small_visfd: Path, tmp_path: Path) -
             "loss.focal_weight=0.7,0.9",
             *TINY,
             *QUIET,
+            *NO_DIAGNOSTICS,
             f"data.root={small_visfd}",
             "debug=fdr",
             f"hydra.sweep.dir={tmp_path}",
@@ -298,3 +300,10 @@ def test_submitit_local_sweep_runs_each_job(small_visfd: Path, tmp_path: Path) -
     weights = {json.loads(p.read_text())["config"]["loss"]["focal_weight"] for p in jobs}
     assert weights == {0.7, 0.9}
     assert len(list(tmp_path.glob(".submitit/*/*_result.pkl"))) == 2  # ran by submitit
+    with open(tmp_path / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(row["loss.focal_weight"] for row in table) == ["0.7", "0.9"]
+    assert all(row["status"] == "ok" and row["val/pair_f1"] for row in table)
+    assert float(table[0]["val/pair_f1"]) >= float(table[1]["val/pair_f1"])  # best first
+    assert "Best: job" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.png").read_bytes().startswith(b"\x89PNG")

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import write_synthetic_visfd
 
 from absa_lightning.data.download import ChecksumError, DatasetNotFoundError, ensure_dataset
 
@@ -87,6 +88,19 @@ def real_archive(server: _Server) -> Path:
 
 
 @pytest.fixture
+def made_up_archive(server: _Server, tmp_path: Path) -> tuple[Path, str]:
+    """UIT-ViSFD.zip of made-up comments in its format, deflated as upstream's: (path, SHA-256)."""
+    files = write_synthetic_visfd(
+        tmp_path / "made_up", {"Train.csv": 128, "Dev.csv": 48, "Test.csv": 48}
+    )
+    archive = server.directory / ARCHIVE_NAME
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in CSV_FILES:
+            zf.write(files / name, name)
+    return archive, _sha256(archive)
+
+
+@pytest.fixture
 def expected_sums() -> dict[str, str]:
     sums = {}
     for line in (SHARED_DATA_DIR / "SHA256SUMS").read_text().splitlines():
@@ -118,10 +132,10 @@ def test_downloads_and_extracts_real_archive(
 
 
 def test_second_call_does_not_touch_network(
-    tmp_path: Path, server: _Server, real_archive: Path, dead_url: str
+    tmp_path: Path, server: _Server, made_up_archive: tuple[Path, str], dead_url: str
 ) -> None:
     root = tmp_path / "data"
-    ensure_dataset(root, CSV_FILES, url=server.url(ARCHIVE_NAME), sha256=ARCHIVE_SHA256)
+    ensure_dataset(root, CSV_FILES, url=server.url(ARCHIVE_NAME), sha256=made_up_archive[1])
     assert len(server.requests) == 1
 
     assert ensure_dataset(root, CSV_FILES, url=server.url(ARCHIVE_NAME)) == root
@@ -132,40 +146,45 @@ def test_second_call_does_not_touch_network(
     assert ensure_dataset(str(root), CSV_FILES) == root
 
 
-def test_corrupted_archive_is_refused(tmp_path: Path, server: _Server, real_archive: Path) -> None:
-    data = bytearray(real_archive.read_bytes())
+def test_corrupted_archive_is_refused(
+    tmp_path: Path, server: _Server, made_up_archive: tuple[Path, str]
+) -> None:
+    archive, expected = made_up_archive
+    data = bytearray(archive.read_bytes())
     middle = len(data) // 2
     for i in range(middle, middle + 16):
         data[i] ^= 0xFF
-    real_archive.write_bytes(bytes(data))
+    archive.write_bytes(bytes(data))
     actual = hashlib.sha256(data).hexdigest()
     root = tmp_path / "data"
     url = server.url(ARCHIVE_NAME)
 
     with pytest.raises(ChecksumError) as excinfo:
-        ensure_dataset(root, CSV_FILES, url=url, sha256=ARCHIVE_SHA256)
+        ensure_dataset(root, CSV_FILES, url=url, sha256=expected)
 
     message = str(excinfo.value)
     assert "checksum" in message.lower()
-    assert ARCHIVE_SHA256 in message
+    assert expected in message
     assert actual in message
     assert url in message
     assert _leftovers(root) == []
 
 
 def test_corrupted_member_leaves_no_partial_file(
-    tmp_path: Path, server: _Server, real_archive: Path, expected_sums: dict[str, str]
+    tmp_path: Path, server: _Server, made_up_archive: tuple[Path, str]
 ) -> None:
-    data = bytearray(real_archive.read_bytes())
-    with zipfile.ZipFile(real_archive) as zf:
+    archive, _ = made_up_archive
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo("Train.csv")
+        expected = {name: hashlib.sha256(zf.read(name)).hexdigest() for name in CSV_FILES}
     name_len, extra_len = struct.unpack(
         "<HH", data[info.header_offset + 26 : info.header_offset + 30]
     )
     start = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
     for i in range(start, start + 16):
         data[i] ^= 0xFF
-    real_archive.write_bytes(bytes(data))
+    archive.write_bytes(bytes(data))
     root = tmp_path / "data"
 
     with pytest.raises(DatasetNotFoundError, match="corrupt"):
@@ -173,7 +192,7 @@ def test_corrupted_member_leaves_no_partial_file(
 
     assert _leftovers(root) == ["Dev.csv", "Test.csv"]
     for name in ("Dev.csv", "Test.csv"):
-        assert _sha256(root / name) == expected_sums[name]
+        assert _sha256(root / name) == expected[name]
 
 
 def test_unreachable_url_names_files_and_folder(tmp_path: Path, dead_url: str) -> None:

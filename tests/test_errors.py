@@ -13,7 +13,13 @@ import torch
 from conftest import QUIET, REPO, TINY
 
 from absa_lightning.checkpointing import read_checkpoint, resume_checkpoint
-from absa_lightning.errors import AbsaUserError, check_arguments, printable, report_user_error
+from absa_lightning.errors import (
+    AbsaUserError,
+    check_arguments,
+    printable,
+    report_user_error,
+    reports_user_errors,
+)
 
 
 def test_control_characters_are_escaped() -> None:
@@ -91,5 +97,24 @@ def test_a_bad_trainer_setting_is_one_line_before_the_data_loads(tmp_path: Path)
     assert "Traceback" not in result.stderr
     assert line in (run_dir / "train.log").read_text()  # why the run failed, in its log
 
-    full = train(*overrides, f"hydra.run.dir={tmp_path / 'full'}", HYDRA_FULL_ERROR="1")
-    assert full.returncode == 1 and "Traceback" in full.stderr
+
+def test_every_command_reports_a_user_error_as_one_line_unless_hydra_full_error(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reports_user_errors`, which wraps train.py, eval.py and the absa-* commands: status 2
+    and the line; HYDRA_FULL_ERROR=1 lets the error (and its traceback) through; a bug too."""
+
+    @reports_user_errors
+    def command(error: Exception) -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as exit_info:
+        command(AbsaUserError("no such file", "data.root=/x", "set it"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: data.root=/x: no such file; set it\n"
+    with pytest.raises(KeyError):  # not a user error: a bug, with its traceback
+        command(KeyError("k"))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(AbsaUserError, match="no such file"):
+        command(AbsaUserError("no such file", "data.root=/x", "set it"))
+    assert capsys.readouterr().err == ""

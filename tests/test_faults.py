@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, REPO, TINY, compose_train
+from conftest import NO_DIAGNOSTICS, QUIET, REPO, TINY, compose_train
 
 from absa_lightning.checkpointing import AtomicCheckpointIO, resume_checkpoint
 from absa_lightning.losses import SupConLoss
@@ -23,10 +23,8 @@ from absa_lightning.train import train
 STEPS_PER_EPOCH = 32  # 128 training comments, batches of 4
 
 
-def _train_command(data: Path, run_dir: Path) -> list[str]:
+def _overrides(data: Path) -> list[str]:
     return [
-        sys.executable,
-        str(REPO / "train.py"),
         *TINY,
         *QUIET,
         f"data.root={data}",
@@ -34,8 +32,11 @@ def _train_command(data: Path, run_dir: Path) -> list[str]:
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "+logger.csv.flush_logs_every_n_steps=1",  # metrics.csv shows each step as it ends
-        f"hydra.run.dir={run_dir}",
     ]
+
+
+def _train_command(data: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *_overrides(data), f"hydra.run.dir={run_dir}"]
 
 
 def _run(command: list[str]) -> None:
@@ -108,7 +109,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(small_visfd: Path, tmp_p
     scheduler, loops, early stopping, best-checkpoint tracking and the random generators: every
     metric and every tensor of the final checkpoint equals the uninterrupted run's exactly.
     """
-    _run(_train_command(small_visfd, tmp_path / "uninterrupted"))
+    # The run as it goes uninterrupted, in this process (the same as train.py's: test_train).
+    train(compose_train(_overrides(small_visfd), tmp_path / "uninterrupted"))
 
     run_dir = tmp_path / "killed"
     command = _train_command(small_visfd, run_dir)
@@ -223,7 +225,14 @@ def test_non_finite_loss_stops_the_run_naming_loss_step_and_batch(
 
     monkeypatch.setattr(SupConLoss, "forward", nan_on_third_training_batch)
     cfg = compose_train(
-        [*TINY, *QUIET, f"data.root={small_visfd}", "data.batch_size=16", "trainer.max_epochs=1"],
+        [
+            *TINY,
+            *QUIET,
+            *NO_DIAGNOSTICS,
+            f"data.root={small_visfd}",
+            "data.batch_size=16",
+            "trainer.max_epochs=1",
+        ],
         tmp_path,
     )
     with pytest.raises(FloatingPointError) as error:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from absa_lightning.models import scratch_bert
@@ -35,7 +36,12 @@ def test_padding_tokens_do_not_count() -> None:
 
 
 @pytest.mark.slow
-def test_training_measurements_on_a_small_split(small_visfd: Path) -> None:
+def test_training_measurements_on_a_small_split(
+    small_visfd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default recipe's measurements, on the tiny model: the harness, not the numbers."""
+    default_recipe = speed.default_recipe
+    monkeypatch.setattr(speed, "default_recipe", lambda root: default_recipe(root, TINY))
     m = speed.training_measurements(small_visfd, steps=3, rounds=1)
     for key in ("bare", "lightning", "full", "plain", "bucketed", "fixed", "random_longest"):
         assert m[f"{key}_samples_per_s"] > 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY, compose_train
+from conftest import CONF_DIR, QUIET
+from hydra import compose, initialize_config_dir
 
 from absa_lightning.metrics import AspectConfusionMatrix
 from absa_lightning.module import AspectSentimentModule
@@ -86,43 +87,44 @@ def test_threshold_grid() -> None:
 
 
 def test_tuned_run_keeps_thresholds_in_checkpoint_metrics_and_predictor(
-    small_visfd: Path, tmp_path: Path
+    tiny_run: dict, small_visfd: Path, tmp_path: Path
 ) -> None:
-    """train with tune_thresholds=true: metrics.json holds them and the argmax scores beside;
-    the best checkpoint holds them; the test scores and the predictor use them."""
-    from absa_lightning.train import train
+    """A run with tune_thresholds=true (the default): metrics.json holds them and the argmax
+    scores beside; the best checkpoint holds them; eval.py's scores and the predictor use them."""
+    from absa_lightning.evaluate import evaluate
 
-    overrides = [
-        *TINY,
-        *QUIET,
-        "~callbacks.embedding_space",
-        f"data.root={small_visfd}",
-        "data.test_split=dev",  # test on dev: the tuned scores are the best on it
-        "trainer.max_epochs=2",
-        "optimizer.lr=1e-2",
-        "model.encoder_lr=1e-2",
-        "tune_thresholds=true",
-        "threshold_grid_step=0.02",
-    ]
-    metrics = train(compose_train(overrides, tmp_path))
-    thresholds = metrics["thresholds"]
-    assert thresholds, "a tiny model two epochs in has some aspect argmax does not decode best"
-    assert set(thresholds) <= set(metrics["aspects"])
-    assert json.loads((tmp_path / "metrics.json").read_text())["thresholds"] == thresholds
-    argmax = metrics["argmax_decoding"]
-    assert metrics["test"]["test/pair_f1"] >= argmax["test"]["test/pair_f1"]
-    assert metrics["best_val"]["val/pair_f1"] == pytest.approx(metrics["test"]["test/pair_f1"])
+    thresholds = tiny_run["thresholds"]
+    assert thresholds, "a tiny model five epochs in has some aspect argmax does not decode best"
+    assert set(thresholds) <= set(tiny_run["aspects"])
+    run_dir = Path(tiny_run["best_checkpoint"]).parents[1]
+    assert json.loads((run_dir / "metrics.json").read_text())["thresholds"] == thresholds
+    # Tuned on dev: on dev, never worse than argmax decoding.
+    tuned_dev = tiny_run["best_val"]["val/pair_f1"]
+    assert tuned_dev >= tiny_run["argmax_decoding"]["best_val"]["val/pair_f1"]
 
-    checkpoint = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            [
+                f"ckpt_path={tiny_run['best_checkpoint']}",
+                f"data.root={small_visfd}",
+                "data.test_split=dev",
+                f"output_dir={tmp_path}",
+                *QUIET[1:],
+            ],
+        )
+    assert evaluate(cfg)["test/pair_f1"] == pytest.approx(tuned_dev)
+
+    checkpoint = torch.load(tiny_run["best_checkpoint"], map_location="cpu", weights_only=True)
     assert checkpoint["thresholds"] == thresholds
-    assert AspectSentimentModule.from_checkpoint(metrics["best_checkpoint"]).thresholds == (
+    assert AspectSentimentModule.from_checkpoint(tiny_run["best_checkpoint"]).thresholds == (
         thresholds
     )
-    predictor = AspectSentimentPredictor.from_checkpoint(metrics["best_checkpoint"])
+    predictor = AspectSentimentPredictor.from_checkpoint(tiny_run["best_checkpoint"])
     assert predictor.threshold == thresholds
     assert (
         AspectSentimentPredictor.from_checkpoint(
-            metrics["best_checkpoint"], threshold=None
+            tiny_run["best_checkpoint"], threshold=None
         ).threshold
         is None
     )  # the caller's choice wins

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, QUIET, REPO, TINY, compose_train, needs_real_data, write_visfd_subset
+from conftest import (
+    CONF_DIR,
+    NO_DIAGNOSTICS,
+    QUIET,
+    REPO,
+    TINY,
+    compose_train,
+    needs_real_data,
+    write_visfd_subset,
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -50,21 +60,6 @@ def trained_run(small_visfd: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         )
     )
     return run_dir
-
-
-def test_fast_dev_run(small_visfd: Path, tmp_path: Path) -> None:
-    check(
-        run(
-            "train.py",
-            *TINY,
-            *QUIET,
-            f"data.root={small_visfd}",
-            "debug=fdr",
-            f"hydra.run.dir={tmp_path}",
-        )
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["test"]) >= {"test/aspect_f1", "test/pair_f1", "test/focal_loss"}
 
 
 def test_run_writes_metrics_checkpoints_and_both_loss_curves(trained_run: Path) -> None:
@@ -158,12 +153,22 @@ def test_bad_loss_weights_refused_before_any_work(
         train(cfg)
 
 
-def test_same_seed_same_metrics(small_visfd: Path, tmp_path: Path) -> None:
-    overrides = [*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=1"]
-    first = train(compose_train(overrides, tmp_path / "a"))
-    second = train(compose_train(overrides, tmp_path / "b"))
-    assert first["test"] == second["test"]
-    assert first["final_losses"] == second["final_losses"]
+def test_same_seed_same_metrics_in_process_as_through_train_py(
+    trained_run: Path, small_visfd: Path, tmp_path: Path
+) -> None:
+    """`train(cfg)` in this process repeats `python train.py`'s run with the same overrides."""
+    overrides = [
+        *TINY,
+        *QUIET,
+        f"data.root={small_visfd}",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+    ]
+    again = train(compose_train(overrides, tmp_path))
+    first = json.loads((trained_run / "metrics.json").read_text())
+    again = json.loads(json.dumps(again, default=str))  # as metrics.json holds it
+    for key in ("test", "best_val", "final_losses", "thresholds", "per_aspect"):
+        assert again[key] == first[key], key
 
 
 @needs_real_data
@@ -175,6 +180,7 @@ def test_overfits_64_comments_through_both_losses(tmp_path: Path) -> None:
     overrides = [
         *TINY,
         *QUIET,
+        *NO_DIAGNOSTICS,
         f"data.root={data}",
         "data.batch_size=16",
         "model.encoder.hidden_size=64",
@@ -229,7 +235,12 @@ def test_the_packaged_minilm_trains_one_batch(small_visfd: Path, tmp_path: Path)
         [
             "model=minilm",
             *QUIET,
+            *NO_DIAGNOSTICS,
             f"data.root={small_visfd}",
+            "data.batch_size=8",
+            "data.eval_batch_size=8",
+            "data.max_length=32",
+            "tune_thresholds=false",
             "debug=fdr",
         ],
         tmp_path,
@@ -244,9 +255,12 @@ def test_the_packaged_minilm_trains_one_batch(small_visfd: Path, tmp_path: Path)
     assert 0 < metrics["test"]["test/focal_loss"] < 2  # finite, near its initial ~0.78
 
 
-def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: Path) -> None:
+def test_resume_continues_from_last_checkpoint(
+    trained_run: Path, small_visfd: Path, tmp_path: Path
+) -> None:
     """An interrupted run goes on from `last.ckpt` in its own folder, keeping its loss curves."""
-    last = trained_run / "checkpoints/last.ckpt"
+    run_dir = shutil.copytree(trained_run, tmp_path / "run")  # trained_run is shared: left as is
+    last = run_dir / "checkpoints/last.ckpt"
     overrides = [
         *TINY,
         *QUIET,
@@ -255,14 +269,13 @@ def test_resume_continues_from_last_checkpoint(trained_run: Path, small_visfd: P
         "trainer.log_every_n_steps=1",
         f"ckpt_path={last}",
     ]
-    train(compose_train(overrides, trained_run))
+    train(compose_train(overrides, run_dir))
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["epoch"] == 2
     assert checkpoint["global_step"] == 3 * 4  # 4 batches an epoch: epochs 0-1 were not redone
-    with open(trained_run / "metrics.csv", newline="") as f:
+    with open(run_dir / "metrics.csv", newline="") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f) if row["train/focal_loss_epoch"]]
-    assert epochs[:2] == ["0", "1"]  # the curves from before the resume are still there
-    assert epochs[-1] == "2"
+    assert epochs == ["0", "1", "2"]  # the curves from before the resume are still there
 
 
 def test_focal_alpha_inverse_frequency() -> None:
@@ -314,6 +327,7 @@ def test_user_datasets_train_through_data_csv_and_jsonl(fmt: str, tmp_path: Path
     overrides = [
         *TINY,
         *QUIET,
+        *NO_DIAGNOSTICS,
         f"data={fmt}",
         f"data.root={tmp_path}",
         "debug=fdr",
@@ -321,3 +335,7 @@ def test_user_datasets_train_through_data_csv_and_jsonl(fmt: str, tmp_path: Path
     ]
     metrics = train(compose_train(overrides, tmp_path / "run"))
     assert metrics["aspects"] == ["BATTERY", "CAMERA", "PRICE", "SCREEN"]
+    # debug=fdr: one batch each, no checkpoint, yet the run's metrics.json is written
+    assert metrics["best_checkpoint"] == ""
+    written = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert set(written["test"]) >= {"test/aspect_f1", "test/pair_f1", "test/focal_loss"}
