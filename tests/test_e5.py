@@ -374,6 +374,26 @@ def test_pruned_vocabulary_tokenises_and_encodes_as_the_full_one(e5_folder: Path
     rebuilt.load_state_dict(encoder.state_dict())
 
 
+def test_pruning_to_the_comments_characters_keeps_words_spelled_out(e5_folder: Path, tmp_path):
+    """benchmarks/gpu_prepare keeps only the single characters of the comments (the GPU machine
+    gets the folder in bf16, within the 64 MiB a call carries); it loads as float32."""
+    train = HAND_WRITTEN[:3]
+    unseen = ["Sạc nhanh xuất sắc, thiết kế sang trọng", "Unbelievably overpriced tiramisu"]
+    every_single, _ = prune_vocabulary(*pretrained(e5_folder), train)
+    characters = "".join({c for text in train + unseen for c in text} | {"▁"})
+    tokenizer, encoder = prune_vocabulary(*pretrained(e5_folder), train, characters)
+    assert len(tokenizer) < len(every_single) - 5_000
+    ids = tokenizer(unseen)["input_ids"]
+    assert all(tokenizer.unk_token_id not in i for i in ids)
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == unseen
+
+    encoder.to(torch.bfloat16).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded_tokenizer, loaded = pretrained(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert loaded_tokenizer(unseen)["input_ids"] == ids
+
+
 @pytest.mark.slow
 def test_trains_through_the_config(e5_folder: Path, small_visfd: Path, tmp_path: Path) -> None:
     """model=e5_small through train.py's code, one batch; the cache folder is the converted one."""
