@@ -15,7 +15,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import QUIET, TINY, compose_train
+from conftest import CONF_DIR, QUIET, TINY, compose_train
+from omegaconf import OmegaConf, open_dict
 
 from absa_lightning import AspectSentimentPredictor
 from absa_lightning.data.batching import NgramHashing, pad_ngram_ids
@@ -153,15 +154,10 @@ def test_a_zero_branch_leaves_the_network_unchanged() -> None:
 def trained_with_branch(small_visfd: Path, tmp_path_factory: pytest.TempPathFactory):
     """A tiny model with the branch, trained in memory for two epochs, and its checkpoint."""
     out = tmp_path_factory.mktemp("ngram_run")
-    overrides = [
-        *TINY,
-        *QUIET,
-        "model/ngrams=hashed",
-        "model.ngrams.buckets=4096",
-        f"data.root={small_visfd}",
-        "trainer.max_epochs=2",
-    ]
-    cfg = compose_train(overrides, out)
+    cfg = compose_train([*TINY, *QUIET, f"data.root={small_visfd}", "trainer.max_epochs=2"], out)
+    with open_dict(cfg):  # model=tiny keeps the branch off (fast tests): on here, small
+        cfg.model.ngrams = OmegaConf.load(CONF_DIR / "model/ngrams/hashed.yaml")
+        cfg.model.ngrams.buckets = 4096
     L.seed_everything(0)
     datamodule, module = build(cfg)
     trainer = L.Trainer(
