@@ -23,6 +23,7 @@ from absa_lightning.models import (
     encoder_from_spec,
     encoder_spec,
 )
+from absa_lightning.models.network import valid_ngram_settings
 from absa_lightning.report import LOSS_KEYS
 from absa_lightning.thresholds import aspect_thresholds, decode
 
@@ -121,6 +122,12 @@ class AspectSentimentModule(L.LightningModule):
         num_classes = 1 + len(polarities)
         # The branch class itself, from plain settings: nothing the checkpoint names is built.
         ngrams = settings.get("ngrams")  # absent in checkpoints from before the branch
+        if ngrams is not None and not valid_ngram_settings(ngrams):
+            raise AbsaUserError(
+                f"field 'hyper_parameters.ngrams' holds {ngrams!r:.80}",
+                str(path),
+                "give a checkpoint written by train.py",
+            )
         branch = HashedNgramBranch(len(aspects), num_classes, **ngrams) if ngrams else None
         net = AspectSentimentNet(
             encoder, len(aspects), num_classes, **settings["head"], ngrams=branch

@@ -47,7 +47,7 @@ from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet, HashedNgramBranch
 from absa_lightning.models.encoder import without_pooler
-from absa_lightning.models.network import NGRAM_MODES
+from absa_lightning.models.network import valid_ngram_settings
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.thresholds import Threshold, aspect_thresholds, decode
 
@@ -311,7 +311,7 @@ _EXPORT_FIELDS: dict[str, Callable[[Any], bool]] = {
         and set(v) <= {"projection_dim", "attention_heads", "dropout"}
         and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())
     ),
-    "ngrams": lambda v: v is None or _valid_ngram_settings(v),
+    "ngrams": lambda v: v is None or valid_ngram_settings(v),
     "threshold": lambda v: v is None or isinstance(v, int | float | dict),
     "preprocess": lambda v: True,  # checked by preprocess_spec, with its own message
     "training": lambda v: isinstance(v, dict),  # for the record: read, never acted on
@@ -319,28 +319,6 @@ _EXPORT_FIELDS: dict[str, Callable[[Any], bool]] = {
 
 
 _OPTIONAL_EXPORT_FIELDS = {"ngrams"}  # folders exported before the n-gram branch lack it
-
-
-def _valid_ngram_settings(settings: Any) -> bool:
-    """`HashedNgramBranch.settings`: known keys, numbers, lists of orders, a mode name."""
-    numbers = {"buckets", "max_words", "dropout", "lr", "weight_decay"}
-    orders = {"word_orders", "char_orders"}
-    if not isinstance(settings, dict) or set(settings) != {*numbers, *orders, "mode"}:
-        return False
-
-    def number(x: Any) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
-
-    return (
-        all(number(settings[k]) for k in numbers)
-        and all(
-            isinstance(settings[k], list)
-            and all(isinstance(n, int) and not isinstance(n, bool) for n in settings[k])
-            for k in orders
-        )
-        and all(isinstance(settings[k], int) for k in ("buckets", "max_words"))
-        and settings["mode"] in NGRAM_MODES
-    )
 
 
 def read_export_config(path: Path) -> dict[str, Any]:

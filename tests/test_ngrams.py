@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import binascii
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf, open_dict
 
 from absa_lightning import AspectSentimentPredictor
 from absa_lightning.data.batching import NgramHashing, pad_ngram_ids
+from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet, HashedNgramBranch, scratch_bert
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.train import build
@@ -196,6 +198,21 @@ def test_checkpoint_and_export_predict_as_the_model_in_memory(
     folder = from_ckpt.save_pretrained(tmp_path / "exported")
     exported = AspectSentimentPredictor.from_pretrained(folder, device="cpu")
     assert torch.equal(exported.predict_proba(texts)[0], got)
+
+    # A model file's n-gram settings are checked before anything is built.
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["ngrams"]["mode"] = "os.system"
+    torch.save(state, tmp_path / "bad.ckpt")
+    with pytest.raises(AbsaUserError, match=r"hyper_parameters\.ngrams"):
+        AspectSentimentModule.from_checkpoint(tmp_path / "bad.ckpt")
+    config_path = folder / "absa_config.json"
+    config = json.loads(config_path.read_text())
+    config["ngrams"]["buckets"] = "many"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(AbsaUserError, match="field 'ngrams'"):
+        AspectSentimentPredictor.from_pretrained(folder)
+    config["ngrams"]["buckets"] = exported.net.ngrams.hashing.buckets
+    config_path.write_text(json.dumps(config))
 
     pytest.importorskip("onnxruntime")
     from absa_lightning.export import export_onnx

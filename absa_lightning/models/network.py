@@ -4,7 +4,7 @@ and, when configured, a wide linear branch over hashed n-grams added to the logi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ class HashedNgramBranch(nn.Module):
         max_words: int = 256,
         mode: str = "mean",
         dropout: float = 0.1,
-        lr: float = 1.0e-2,
+        lr: float = 3.0e-2,
         weight_decay: float = 0.0,
     ):
         super().__init__()
@@ -120,6 +120,27 @@ class HashedNgramBranch(nn.Module):
         if self.mode == "mean":  # over the comment's n-grams; none: zero logits
             bag = bag / present.sum(dim=1).clamp(min=1)
         return bag.view(-1, self.num_aspects, self.num_classes)
+
+
+def valid_ngram_settings(settings: Any) -> bool:
+    """Whether a model file's `ngrams` field is `HashedNgramBranch.settings`: exactly its keys,
+    numbers, lists of integer orders, a known mode (checked before anything is built)."""
+    integers, numbers = {"buckets", "max_words"}, {"dropout", "lr", "weight_decay"}
+    orders = {"word_orders", "char_orders"}
+    if not isinstance(settings, dict) or set(settings) != {*integers, *numbers, *orders, "mode"}:
+        return False
+
+    def integer(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return (
+        all(integer(settings[k]) for k in integers)
+        and all(integer(settings[k]) or isinstance(settings[k], float) for k in numbers)
+        and all(
+            isinstance(settings[k], list) and all(integer(n) for n in settings[k]) for k in orders
+        )
+        and settings["mode"] in NGRAM_MODES
+    )
 
 
 class AspectSentimentNet(nn.Module):
