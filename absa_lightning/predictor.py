@@ -126,6 +126,8 @@ class AspectSentimentPredictor:
         self.thresholds = aspect_thresholds(threshold, self.aspects)  # (A,), NaN: argmax
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.eval().to(self.device)
+        # How the n-gram branch's ids are made; None: a network without the branch.
+        self.ngram_hashing = getattr(net, "ngram_hashing", None)
         self.hparams = dict(hparams or {})
 
     @classmethod
@@ -233,7 +235,7 @@ class AspectSentimentPredictor:
     def _tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
         if self._preprocess is not None:
             texts = [self._preprocess(t) for t in texts]
-        return tokenize(self.tokenizer, texts, self.max_length, ngrams=self.net.ngram_hashing)
+        return tokenize(self.tokenizer, texts, self.max_length, ngrams=self.ngram_hashing)
 
     def _inputs(self, tokenized: TokenizedTexts, rows: Sequence[int]) -> dict[str, torch.Tensor]:
         """The batch of these `rows` of `tokenized`: the network's keyword arguments."""
