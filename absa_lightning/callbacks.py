@@ -305,10 +305,8 @@ class EmbeddingSpace(L.Callback):
             pl_module.eval()
             embeddings, labels = [], []
             for batch in trainer.datamodule.val_dataloader():
-                out = pl_module(
-                    batch["input_ids"].to(pl_module.device),
-                    batch["attention_mask"].to(pl_module.device),
-                )
+                names = ("input_ids", "attention_mask", "ngram_ids")
+                out = pl_module(*[batch[k].to(pl_module.device) for k in names if k in batch])
                 mentioned = batch["labels"] > 0  # (B, A)
                 aspect_ids = torch.arange(mentioned.shape[1]).expand_as(mentioned)
                 points = getattr(out, self.space).float().cpu()  # (B, A, D)

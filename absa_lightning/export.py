@@ -3,8 +3,9 @@
 `DIR` is what `AspectSentimentPredictor.from_pretrained(DIR)` loads offline: `encoder/` (the
 encoder and its tokenizer, Hugging Face `save_pretrained` form), `heads.safetensors` and
 `absa_config.json` (aspects, polarities, max_length, threshold, training hyper-parameters).
-`format=onnx` adds `model.onnx`: (input_ids, attention_mask) -> probabilities (B, A, C), batch and
-sequence dynamic, checked against PyTorch with ONNX Runtime before the export counts as done.
+`format=onnx` adds `model.onnx`: (input_ids, attention_mask[, ngram_ids]) -> probabilities
+(B, A, C), batch and sequence dynamic (`ngram_ids`: a model with the n-gram branch, 0-padded),
+checked against PyTorch with ONNX Runtime before the export counts as done.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ FORMATS = ("pretrained", "onnx")
 
 
 class Probabilities(nn.Module):
-    """The network as ONNX sees it: token ids and mask in, (B, A, C) softmax out."""
+    """The network as ONNX sees it: token ids and mask (and, with an n-gram branch, the hashed
+    n-gram ids, 0-padded) in, (B, A, C) softmax out."""
 
     def __init__(self, net: AspectSentimentNet):
         super().__init__()
         self.net = net
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.net(input_ids, attention_mask).logits.softmax(dim=-1)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ngram_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.net(input_ids, attention_mask, ngram_ids).logits.softmax(dim=-1)
 
 
 def export_onnx(
@@ -52,18 +59,20 @@ def export_onnx(
     model = Probabilities(predictor.net).cpu().eval()
     # Traced on the first two comments, checked on all: another batch size and length.
     example, _ = predictor.encode(check_texts[:2])
-    inputs = (example["input_ids"], example["attention_mask"])
+    names = list(example)  # input_ids, attention_mask[, ngram_ids]
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic_shapes = {
+        "input_ids": {0: batch, 1: sequence},
+        "attention_mask": {0: batch, 1: sequence},
+        "ngram_ids": {0: batch, 1: torch.export.Dim("ngrams")},
+    }
     torch.onnx.export(
         model,
-        inputs,
+        tuple(example[name] for name in names),
         str(path),
-        input_names=["input_ids", "attention_mask"],
+        input_names=names,
         output_names=["probabilities"],
-        dynamic_shapes={
-            "input_ids": {0: batch, 1: sequence},
-            "attention_mask": {0: batch, 1: sequence},
-        },
+        dynamic_shapes={name: dynamic_shapes[name] for name in names},
         opset_version=opset,
         dynamo=True,
         external_data=False,
@@ -86,12 +95,9 @@ def check_onnx(
     check, _ = predictor.encode([*check_texts, longest])
     model = Probabilities(predictor.net).cpu().eval()
     with torch.inference_mode():
-        expected = model(check["input_ids"], check["attention_mask"])
+        expected = model(**check)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(
-        ["probabilities"],
-        {name: check[name].numpy() for name in ("input_ids", "attention_mask")},
-    )
+    (got,) = session.run(["probabilities"], {name: x.numpy() for name, x in check.items()})
     difference = float((torch.from_numpy(got) - expected).abs().max())
     if not difference <= tolerance:
         raise RuntimeError(

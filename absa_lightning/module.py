@@ -17,7 +17,13 @@ from absa_lightning.checkpointing import read_checkpoint
 from absa_lightning.diagnostics import contrastive_chance
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.metrics import AspectConfusionMatrix
-from absa_lightning.models import AspectSentimentNet, encoder_from_spec, encoder_spec
+from absa_lightning.models import (
+    AspectSentimentNet,
+    HashedNgramBranch,
+    encoder_from_spec,
+    encoder_spec,
+)
+from absa_lightning.models.network import valid_ngram_settings
 from absa_lightning.report import LOSS_KEYS
 from absa_lightning.thresholds import aspect_thresholds, decode
 
@@ -76,6 +82,7 @@ class AspectSentimentModule(L.LightningModule):
                 "aspects": list(aspects),
                 "polarities": list(polarities),
                 "head": dict(net.head_settings),
+                "ngrams": net.ngrams.settings if net.ngrams is not None else None,
                 "max_length": max_length,
                 "preprocess": preprocess,
                 "encoder_lr": encoder_lr,
@@ -112,7 +119,19 @@ class AspectSentimentModule(L.LightningModule):
         settings = checkpoint["hyper_parameters"]
         tokenizer, encoder = encoder_from_spec(checkpoint["encoder_spec"])
         aspects, polarities = list(settings["aspects"]), list(settings["polarities"])
-        net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **settings["head"])
+        num_classes = 1 + len(polarities)
+        # The branch class itself, from plain settings: nothing the checkpoint names is built.
+        ngrams = settings.get("ngrams")  # absent in checkpoints from before the branch
+        if ngrams is not None and not valid_ngram_settings(ngrams):
+            raise AbsaUserError(
+                f"field 'hyper_parameters.ngrams' holds {ngrams!r:.80}",
+                str(path),
+                "give a checkpoint written by train.py",
+            )
+        branch = HashedNgramBranch(len(aspects), num_classes, **ngrams) if ngrams else None
+        net = AspectSentimentNet(
+            encoder, len(aspects), num_classes, **settings["head"], ngrams=branch
+        )
         module = cls(
             net,
             tokenizer,
@@ -150,11 +169,16 @@ class AspectSentimentModule(L.LightningModule):
         thresholds = aspect_thresholds(self.thresholds, self.hparams.aspects)
         return decode(logits.float().softmax(dim=-1), thresholds.to(logits.device))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return self.net(input_ids, attention_mask)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ngram_ids: torch.Tensor | None = None,
+    ):
+        return self.net(input_ids, attention_mask, ngram_ids)
 
     def _losses(self, batch: dict[str, torch.Tensor]):
-        out = self.net(batch["input_ids"], batch["attention_mask"])
+        out = self.net(batch["input_ids"], batch["attention_mask"], batch.get("ngram_ids"))
         if not self.has_losses:  # loaded for inference: scores only
             return out, {}
         focal = self.focal(out.logits, batch["labels"])
@@ -261,6 +285,7 @@ class AspectSentimentModule(L.LightningModule):
         groups = [
             {"params": self.net.encoder_parameters(), "lr": self.hparams.encoder_lr},
             {"params": self.net.head_parameters()},  # the optimizer's own lr
+            *self.net.ngram_parameter_groups(),  # model.ngrams.lr, model.ngrams.weight_decay
         ]
         if balancer_parameters := list(self.balancer.parameters()):
             groups.append({"params": balancer_parameters, "weight_decay": 0.0})

@@ -40,12 +40,14 @@ from absa_lightning.data.batching import (
     TokenizedTexts,
     length_sorted_batches,
     pad_batch,
+    pad_ngram_ids,
     tokenize,
 )
 from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
 from absa_lightning.errors import AbsaUserError
-from absa_lightning.models import AspectSentimentNet
+from absa_lightning.models import AspectSentimentNet, HashedNgramBranch
 from absa_lightning.models.encoder import without_pooler
+from absa_lightning.models.network import valid_ngram_settings
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.thresholds import Threshold, aspect_thresholds, decode
 
@@ -124,6 +126,8 @@ class AspectSentimentPredictor:
         self.thresholds = aspect_thresholds(threshold, self.aspects)  # (A,), NaN: argmax
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net.eval().to(self.device)
+        # How the n-gram branch's ids are made; None: a network without the branch.
+        self.ngram_hashing = getattr(net, "ngram_hashing", None)
         self.hparams = dict(hparams or {})
 
     @classmethod
@@ -162,8 +166,11 @@ class AspectSentimentPredictor:
             )
         tokenizer = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=False)
         aspects, polarities = config["aspects"], config["polarities"]
+        num_classes = 1 + len(polarities)
+        ngrams = config.get("ngrams")  # absent in folders exported before the branch
+        branch = HashedNgramBranch(len(aspects), num_classes, **ngrams) if ngrams else None
         net = AspectSentimentNet(
-            without_pooler(encoder), len(aspects), 1 + len(polarities), **config["head"]
+            without_pooler(encoder), len(aspects), num_classes, **config["head"], ngrams=branch
         )
         missing, unexpected = net.load_state_dict(load_file(folder / HEADS_FILE), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.")]
@@ -210,6 +217,7 @@ class AspectSentimentPredictor:
                 "attention_heads": self.net.attention.num_heads,
                 "dropout": self.net.dropout.p,
             },
+            "ngrams": self.net.ngrams.settings if self.net.ngrams is not None else None,
             "training": self.hparams,
         }
         (folder / CONFIG_FILE).write_text(
@@ -218,16 +226,26 @@ class AspectSentimentPredictor:
         return folder
 
     def encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Token ids and mask, prepared, cut to `max_length` and padded to the longest comment as
-        the training batches are; and (N,) whether each comment was cut."""
+        """The network's inputs as the training batches have them: token ids and mask, prepared,
+        cut to `max_length` and padded to the longest comment, and `ngram_ids` when the network
+        has an n-gram branch; and (N,) whether each comment was cut."""
         tokenized = self._tokenize(texts)
-        input_ids, attention_mask = pad_batch(tokenized.token_ids, self.tokenizer.pad_token_id)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}, tokenized.truncated
+        return self._inputs(tokenized, range(len(texts))), tokenized.truncated
 
     def _tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
         if self._preprocess is not None:
             texts = [self._preprocess(t) for t in texts]
-        return tokenize(self.tokenizer, texts, self.max_length)
+        return tokenize(self.tokenizer, texts, self.max_length, ngrams=self.ngram_hashing)
+
+    def _inputs(self, tokenized: TokenizedTexts, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The batch of these `rows` of `tokenized`: the network's keyword arguments."""
+        input_ids, attention_mask = pad_batch(
+            [tokenized.token_ids[j] for j in rows], self.tokenizer.pad_token_id
+        )
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if tokenized.ngram_ids is not None:
+            inputs["ngram_ids"] = pad_ngram_ids([tokenized.ngram_ids[j] for j in rows])
+        return inputs
 
     @torch.inference_mode()
     def predict_proba(
@@ -252,10 +270,8 @@ class AspectSentimentPredictor:
         if progress:
             batches = track(batches, description="Predicting", console=Console(stderr=True))
         for batch in batches:
-            input_ids, attention_mask = pad_batch(
-                [tokenized.token_ids[j] for j in batch], self.tokenizer.pad_token_id
-            )
-            logits = self.net(input_ids.to(self.device), attention_mask.to(self.device)).logits
+            inputs = self._inputs(tokenized, batch)
+            logits = self.net(**{k: v.to(self.device) for k, v in inputs.items()}).logits
             probs[[live[j] for j in batch]] = logits.float().softmax(dim=-1).cpu()
         return probs, truncated
 
@@ -297,10 +313,14 @@ _EXPORT_FIELDS: dict[str, Callable[[Any], bool]] = {
         and set(v) <= {"projection_dim", "attention_heads", "dropout"}
         and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())
     ),
+    "ngrams": lambda v: v is None or valid_ngram_settings(v),
     "threshold": lambda v: v is None or isinstance(v, int | float | dict),
     "preprocess": lambda v: True,  # checked by preprocess_spec, with its own message
     "training": lambda v: isinstance(v, dict),  # for the record: read, never acted on
 }
+
+
+_OPTIONAL_EXPORT_FIELDS = {"ngrams"}  # folders exported before the n-gram branch lack it
 
 
 def read_export_config(path: Path) -> dict[str, Any]:
@@ -325,6 +345,8 @@ def read_export_config(path: Path) -> dict[str, Any]:
             "export the model again with this version's absa-export",
         )
     for field, valid in _EXPORT_FIELDS.items():
+        if field not in config and field in _OPTIONAL_EXPORT_FIELDS:
+            continue
         if field not in config:
             raise AbsaUserError(f"no field {field!r}", str(path), "export the model again")
         if not valid(config[field]):

@@ -131,7 +131,10 @@ def probabilities(net: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tenso
     device = next(net.parameters()).device
     probs, labels = [], []
     for batch in loader:
-        logits = net(batch["input_ids"].to(device), batch["attention_mask"].to(device)).logits
+        inputs = [
+            batch[k].to(device) for k in ("input_ids", "attention_mask", "ngram_ids") if k in batch
+        ]
+        logits = net(*inputs).logits
         probs.append(logits.float().softmax(dim=-1).cpu())
         labels.append(batch["labels"])
     net.train(was_training)

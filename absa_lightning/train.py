@@ -94,14 +94,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
             enable_checkpointing=False,
         )
         masked_lm_pretraining(tokenizer, encoder, datamodule.train_texts(), stage, **pretraining)
-    datamodule.set_tokenizer(tokenizer)
     aspects, polarities = datamodule.aspects, datamodule.polarities
+    num_classes = 1 + len(polarities)
     head = OmegaConf.to_container(cfg.model.head, resolve=True)
     if head.pop("prior_bias_init", False):
-        head["class_priors"] = class_priors(
-            datamodule.datasets["train"].labels, 1 + len(polarities)
-        )
-    net = AspectSentimentNet(encoder, len(aspects), 1 + len(polarities), **head)
+        head["class_priors"] = class_priors(datamodule.datasets["train"].labels, num_classes)
+    ngrams = cfg.model.get("ngrams")  # null: no n-gram branch
+    branch = instantiate(ngrams)(len(aspects), num_classes) if ngrams else None
+    net = AspectSentimentNet(encoder, len(aspects), num_classes, **head, ngrams=branch)
+    datamodule.set_tokenizer(tokenizer, ngrams=net.ngram_hashing)
 
     alpha = focal_alpha(cfg.loss.focal.get("alpha"), datamodule.class_counts())
     recipe = {  # for the record (hparams.yaml, checkpoints): plain data, never built again

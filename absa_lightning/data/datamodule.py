@@ -14,7 +14,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from absa_lightning.data.batching import LengthBucketBatchSampler, pad_batch, tokenize
+from absa_lightning.data.batching import (
+    LengthBucketBatchSampler,
+    NgramHashing,
+    pad_batch,
+    pad_ngram_ids,
+    tokenize,
+)
 from absa_lightning.data.download import ensure_dataset
 from absa_lightning.data.formats import Example, OnError, RowErrors
 from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
@@ -29,15 +35,23 @@ Reader = Callable[..., list[Example]]  # (path, polarities, on_error) -> example
 class AspectSentimentDataset(Dataset):
     """Comments with a label matrix: labels[i, a] = 0 if aspect a is absent, else 1 + polarity.
 
-    `token_ids` holds each comment tokenised once (`encode`), not once per epoch.
+    `token_ids` holds each comment tokenised once (`encode`), not once per epoch; `ngram_ids`
+    its hashed n-grams, when the network has an n-gram branch.
     """
 
     def __init__(self, texts: list[str], labels: torch.Tensor):
         self.texts, self.labels = texts, labels  # labels: (N, A) long
         self.token_ids: list[torch.Tensor] | None = None
+        self.ngram_ids: list[torch.Tensor] | None = None
 
-    def encode(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-        self.token_ids = tokenize(tokenizer, self.texts, max_length).token_ids
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        ngrams: NgramHashing | None = None,
+    ) -> None:
+        tokenized = tokenize(tokenizer, self.texts, max_length, ngrams=ngrams)
+        self.token_ids, self.ngram_ids = tokenized.token_ids, tokenized.ngram_ids
 
     def lengths(self) -> list[int]:
         assert self.token_ids is not None, "encode() first"
@@ -46,9 +60,10 @@ class AspectSentimentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         assert self.token_ids is not None, "encode() first"
-        return i, self.token_ids[i], self.labels[i]
+        ngram_ids = self.ngram_ids[i] if self.ngram_ids is not None else None
+        return i, self.token_ids[i], self.labels[i], ngram_ids
 
 
 def read_aspects_file(path: str | Path | None) -> list[str] | None:
@@ -91,7 +106,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
 
     The aspect list is `aspects` when given (eval always passes the checkpoint's), else the sorted
     aspects of the training split, so that runs agree. The tokenizer comes from the encoder and is
-    set with `set_tokenizer` before the first dataloader is built.
+    set with `set_tokenizer` before the first dataloader is built, with the n-gram hashing of
+    the network's n-gram branch when it has one (batches then carry `ngram_ids`).
 
     Training batches are cut from length-sorted pools of `bucket_batches` batches (see
     `LengthBucketBatchSampler`); every batch is padded to its longest comment, or to
@@ -153,6 +169,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
             raise ValueError(f"data.train_subset must be >= 1 or null, got {train_subset}")
         self.train_subset, self.train_subset_seed = train_subset, train_subset_seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.ngrams: NgramHashing | None = None
         self._examples: dict[str, list[Example]] = {}
         self.datasets: dict[str, AspectSentimentDataset] = {}
 
@@ -170,8 +187,10 @@ class AspectSentimentDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self._to_dataset(split, self._split_examples(split))
 
-    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
+    def set_tokenizer(
+        self, tokenizer: PreTrainedTokenizerBase, ngrams: NgramHashing | None = None
+    ) -> None:
+        self.tokenizer, self.ngrams = tokenizer, ngrams
         for dataset in self.datasets.values():
             dataset.token_ids = None  # encoded again, with this tokenizer, when next loaded
 
@@ -277,7 +296,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
             raise RuntimeError("call set_tokenizer(...) with the encoder's tokenizer first")
         dataset = self.datasets[split]
         if dataset.token_ids is None:
-            dataset.encode(self.tokenizer, self.max_length)
+            dataset.encode(self.tokenizer, self.max_length, self.ngrams)
         return dataset
 
     def _loader(self, split: str, **batching) -> DataLoader:
@@ -290,17 +309,20 @@ class AspectSentimentDataModule(L.LightningDataModule):
         )
 
     def _collate(
-        self, items: list[tuple[int, torch.Tensor, torch.Tensor]]
+        self, items: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]
     ) -> dict[str, torch.Tensor]:
-        index, token_ids, labels = zip(*items, strict=True)
+        index, token_ids, labels, ngram_ids = zip(*items, strict=True)
         input_ids, attention_mask = pad_batch(
             token_ids,
             pad_id=self.tokenizer.pad_token_id,
             pad_to=self.max_length if self.pad_to_max_length else None,
         )
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": torch.stack(labels),
             "index": torch.tensor(index),
         }
+        if self.ngrams is not None:
+            batch["ngram_ids"] = pad_ngram_ids(ngram_ids)
+        return batch

@@ -6,11 +6,12 @@ from absa_lightning.models.encoder import (
     pretrained,
     scratch_bert,
 )
-from absa_lightning.models.network import AspectOutputs, AspectSentimentNet
+from absa_lightning.models.network import AspectOutputs, AspectSentimentNet, HashedNgramBranch
 
 __all__ = [
     "AspectOutputs",
     "AspectSentimentNet",
+    "HashedNgramBranch",
     "encoder_from_spec",
     "encoder_spec",
     "packaged_e5_small",

@@ -1,14 +1,19 @@
-"""The aspect-sentiment network: an encoder, one embedding of the comment per aspect, two heads."""
+"""The aspect-sentiment network: an encoder, one embedding of the comment per aspect, two heads,
+and, when configured, a wide linear branch over hashed n-grams added to the logits."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+
+from absa_lightning.data.batching import NgramHashing
+
+NGRAM_MODES = ("mean", "sum")
 
 
 class AspectOutputs(NamedTuple):
@@ -55,6 +60,89 @@ def class_priors(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return counts / counts.sum(dim=-1, keepdim=True)
 
 
+class HashedNgramBranch(nn.Module):
+    """A linear model over the comment's hashed word and character n-grams (fastText's bag of
+    n-grams; the features the TF-IDF + SVM baseline has): (B, M) n-gram ids -> (B, A, C) logits,
+    which `AspectSentimentNet` adds to its own. Zero-initialised, so it starts neutral.
+
+    One row of A*C weights per bucket (`NgramHashing`, id 0 = padding, skipped): a comment's
+    logits are the `mode` (mean or sum) of its n-grams' rows, `nn.EmbeddingBag`'s reduction
+    written out as a lookup and a masked sum: ONNX has no bag operator, and the exporter
+    turns `EmbeddingBag` into a Loop over the comments. The regularisers play the SVM's C:
+    `dropout` drops each n-gram of a training comment with that probability, and the branch's
+    weights train with their own `lr` and `weight_decay` (`parameter_group`).
+    """
+
+    def __init__(
+        self,
+        num_aspects: int,
+        num_classes: int,
+        buckets: int = 262144,
+        word_orders: Sequence[int] = (1, 2),
+        char_orders: Sequence[int] = (2, 3, 4, 5),
+        max_words: int = 256,
+        mode: str = "mean",
+        dropout: float = 0.1,
+        lr: float = 3.0e-2,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        if mode not in NGRAM_MODES:
+            raise ValueError(f"model.ngrams.mode must be one of {list(NGRAM_MODES)}, got {mode!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.ngrams.dropout must be in [0, 1), got {dropout}")
+        self.hashing = NgramHashing(buckets, tuple(word_orders), tuple(char_orders), max_words)
+        self.num_aspects, self.num_classes = num_aspects, num_classes
+        self.mode, self.dropout = mode, dropout
+        self.lr, self.weight_decay = lr, weight_decay
+        self.weight = nn.Parameter(torch.zeros(buckets + 1, num_aspects * num_classes))
+
+    @property
+    def settings(self) -> dict:
+        """Plain data that rebuilds the branch, with the aspects and classes (checkpoints)."""
+        return {
+            **self.hashing.spec(),
+            "mode": self.mode,
+            "dropout": self.dropout,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+        }
+
+    def parameter_group(self) -> dict:
+        return {"params": list(self.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def forward(self, ngram_ids: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout > 0:
+            kept = torch.rand(ngram_ids.shape, device=ngram_ids.device) >= self.dropout
+            ngram_ids = ngram_ids * kept  # a dropped n-gram becomes padding: out of the mean
+        present = (ngram_ids != 0).unsqueeze(-1)  # (B, M, 1)
+        bag = (F.embedding(ngram_ids, self.weight) * present).sum(dim=1)  # (B, A*C)
+        if self.mode == "mean":  # over the comment's n-grams; none: zero logits
+            bag = bag / present.sum(dim=1).clamp(min=1)
+        return bag.view(-1, self.num_aspects, self.num_classes)
+
+
+def valid_ngram_settings(settings: Any) -> bool:
+    """Whether a model file's `ngrams` field is `HashedNgramBranch.settings`: exactly its keys,
+    numbers, lists of integer orders, a known mode (checked before anything is built)."""
+    integers, numbers = {"buckets", "max_words"}, {"dropout", "lr", "weight_decay"}
+    orders = {"word_orders", "char_orders"}
+    if not isinstance(settings, dict) or set(settings) != {*integers, *numbers, *orders, "mode"}:
+        return False
+
+    def integer(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return (
+        all(integer(settings[k]) for k in integers)
+        and all(integer(settings[k]) or isinstance(settings[k], float) for k in numbers)
+        and all(
+            isinstance(settings[k], list) and all(integer(n) for n in settings[k]) for k in orders
+        )
+        and settings["mode"] in NGRAM_MODES
+    )
+
+
 class AspectSentimentNet(nn.Module):
     """Each aspect has a learned query that attends over the token states; the result is that
     aspect's embedding of the comment. A per-aspect linear head classifies it into
@@ -64,6 +152,9 @@ class AspectSentimentNet(nn.Module):
     at their logarithm, so the first softmax is the priors (Lin et al., 2017, focal loss §4.1):
     the first steps fit the text, not the class balance; with a zero bias they are spent
     learning that most cells are absent, and a rare aspect can collapse into "never".
+
+    `ngrams`, a `HashedNgramBranch`, adds its logits to the heads' (a wide and deep model): the
+    forward pass then needs the batch's `ngram_ids` (`data.batching.pad_ngram_ids`).
     """
 
     def __init__(
@@ -75,6 +166,7 @@ class AspectSentimentNet(nn.Module):
         attention_heads: int = 4,
         dropout: float = 0.1,
         class_priors: Sequence[Sequence[float]] | None = None,
+        ngrams: HashedNgramBranch | None = None,
     ):
         super().__init__()
         d = encoder.config.hidden_size
@@ -108,8 +200,27 @@ class AspectSentimentNet(nn.Module):
             with torch.no_grad():
                 self.classifier_bias.copy_(priors.log())
         self.projection = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, projection_dim))
+        if ngrams is not None and (ngrams.num_aspects, ngrams.num_classes) != (
+            num_aspects,
+            num_classes,
+        ):
+            raise ValueError(
+                f"the n-gram branch is for {ngrams.num_aspects} aspects x {ngrams.num_classes} "
+                f"classes, the network for {num_aspects} x {num_classes}"
+            )
+        self.ngrams = ngrams
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> AspectOutputs:
+    @property
+    def ngram_hashing(self) -> NgramHashing | None:
+        """How the batches' `ngram_ids` are made; None: the network takes none."""
+        return self.ngrams.hashing if self.ngrams is not None else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ngram_ids: torch.Tensor | None = None,
+    ) -> AspectOutputs:
         tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         queries = self.aspect_queries.expand(tokens.shape[0], -1, -1)  # (B, A, D)
         attended = learned_query_attention(
@@ -118,6 +229,10 @@ class AspectSentimentNet(nn.Module):
         aspect_embeddings = self.norm(attended + queries)  # (B, A, D)
         hidden = self.dropout(aspect_embeddings)
         logits = torch.einsum("bad,adc->bac", hidden, self.classifier_weight) + self.classifier_bias
+        if self.ngrams is not None:
+            if ngram_ids is None:
+                raise ValueError("this network has an n-gram branch: pass the batch's ngram_ids")
+            logits = logits + self.ngrams(ngram_ids)
         projections = F.normalize(self.projection(hidden), dim=-1)  # (B, A, P)
         return AspectOutputs(logits, projections, aspect_embeddings)
 
@@ -125,5 +240,11 @@ class AspectSentimentNet(nn.Module):
         return list(self.encoder.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
-        encoder = {id(p) for p in self.encoder.parameters()}
-        return [p for p in self.parameters() if id(p) not in encoder]
+        """Every parameter outside the encoder and the n-gram branch (which have their own lr)."""
+        own_lr = [*self.encoder.parameters(), *(self.ngrams.parameters() if self.ngrams else [])]
+        others = {id(p) for p in own_lr}
+        return [p for p in self.parameters() if id(p) not in others]
+
+    def ngram_parameter_groups(self) -> list[dict]:
+        """The n-gram branch's optimizer group, with its own lr and weight decay; [] without."""
+        return [self.ngrams.parameter_group()] if self.ngrams is not None else []
