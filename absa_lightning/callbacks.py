@@ -36,6 +36,7 @@ DYNAMICS_COLUMNS = (
     "collapsed",
     "aspects_with_gold",
     "regime",
+    "held",
     "override",
     "evidence",
 )
@@ -130,21 +131,18 @@ class LossDynamics(L.Callback):
         row["collapsed"] = ";".join(troubled)
         self.rows[row["epoch"]] = row
         history = [self.rows[e] for e in sorted(self.rows)]
-        reading = diagnostics.read(
-            history,
-            self.recipe(trainer, pl_module),
-            self.thresholds,
-            troubled,
-            row.get("aspects_with_gold", 0),
+        reading = diagnostics.read_history(
+            history, self.recipe(trainer, pl_module), self.thresholds
         )
         self.reading = reading
-        row["regime"], row["override"] = reading.regime, reading.override
+        row["regime"], row["held"], row["override"] = reading.regime, reading.held, reading.override
         row["evidence"] = reading.evidence_line()
         pl_module.balancer.end_epoch(row["epoch"], reading, history)
         if trainer.is_global_zero:
             log.info(
-                "epoch %d reading: %s%s [%s]",
+                "epoch %d reading (held %d epochs): %s%s [%s]",
                 row["epoch"],
+                reading.held,
                 reading.advice,
                 f": {reading.override}" if reading.override else "",
                 row["evidence"],
@@ -161,12 +159,19 @@ class LossDynamics(L.Callback):
         if trainer.is_global_zero and self.rows:
             console = Console()
             console.print(self.table())
-            last = self.rows[max(self.rows)]
-            console.print(
-                f"reading: {last['regime'].replace('_', ' ')}"
-                + (f" → {last['override']}" if last["override"] else "")
-                + f"\nevidence: {last.get('evidence') or '-'}"
-            )
+            console.print(self.final_reading())
+
+    def final_reading(self) -> str:
+        """The last epoch's regime, for how many consecutive epochs it held, the override and
+        the evidence (the slopes): the console's last words on a run."""
+        last = self.rows[max(self.rows)]
+        held = int(last.get("held") or 1)
+        return (
+            f"reading: {last['regime'].replace('_', ' ')}, held {held} consecutive "
+            f"epoch{'s' if held != 1 else ''}"
+            + (f" → {last['override']}" if last["override"] else "")
+            + f"\nevidence: {last.get('evidence') or '-'}"
+        )
 
     def table(self) -> Table:
         table = Table(title="loss dynamics (train epoch means; val; contr = over its chance level)")
@@ -198,6 +203,7 @@ class LossDynamics(L.Callback):
             "epoch": last["epoch"],
             "regime": last["regime"],
             "advice": diagnostics.ADVICE[last["regime"]],
+            "held": int(last.get("held") or 1),
             "override": last["override"],
             "evidence": last.get("evidence", ""),
         }

@@ -28,6 +28,10 @@ A head is collapsed when it predicts one class for >= collapse_share of the vali
 while that class is rarer than that in the gold labels (e.g. "absent" for every cell of an
 aspect that is mentioned).
 
+Readings flip near a threshold from one epoch to the next: `read_history` reads every epoch
+and counts the consecutive epochs the last regime has held, and `loss/balancer=rule` acts only
+on a regime held `patience` epochs.
+
 A loss whose weight is 0 is not trained: it has no regime (the lag regimes need both weights
 > 0). The contrastive loss is read as a fraction of its chance level (`contrastive_chance`),
 so a training batch of 32 comments and a validation batch of 64 give comparable levels.
@@ -100,6 +104,8 @@ class Thresholds:
     collapse_share: a head is collapsed when one class takes >= this share of its predictions
         on validation while that class's share of the gold labels is below it.
     collapse_aspects: collapse when >= this share of the aspects with gold mentions are.
+    patience: `loss/balancer=rule` acts on a regime only once it has been read in this many
+        consecutive epochs (>= 1): one epoch's noise near a threshold does not move weights.
     """
 
     window: int = 3
@@ -110,10 +116,13 @@ class Thresholds:
     overfit_rise: float = 0.01
     collapse_share: float = 0.99
     collapse_aspects: float = 0.8
+    patience: int = 2
 
     def __post_init__(self) -> None:
         if self.window < 2:
             raise ValueError(f"diagnostics.window must be >= 2 epochs, got {self.window}")
+        if not (isinstance(self.patience, int) and self.patience >= 1):
+            raise ValueError(f"diagnostics.patience must be an integer >= 1, got {self.patience}")
         if not self.flat_threshold > 0:
             raise ValueError(f"diagnostics.flat_threshold must be > 0, got {self.flat_threshold}")
         if not self.rate_ratio >= 1:
@@ -155,11 +164,15 @@ class Recipe:
 
 @dataclass
 class Reading:
-    """A regime, its evidence (slopes, troubled aspects) and the Hydra override to run."""
+    """A regime, its evidence (slopes, troubled aspects) and the Hydra override to run.
+
+    held: the consecutive epochs, up to this one, read as this regime (`read_history`).
+    """
 
     regime: str
     override: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
+    held: int = 1
 
     @property
     def advice(self) -> str:
@@ -372,3 +385,23 @@ def read(
     rose = any(b > a * (1 + flat) for h in history.values() for a, b in itertools.pairwise(h))
     evidence["loss_rose"] = rose
     return Reading(STALLED, _lr_override(recipe, 0.1 if rose else 3.0), evidence)
+
+
+def read_history(
+    rows: Sequence[Mapping[str, Any]],
+    recipe: Recipe = Recipe(),
+    thresholds: Thresholds = Thresholds(),
+) -> Reading:
+    """The reading of the last of `rows`, with `held`: how many consecutive epochs up to it
+    read the same regime. Every epoch is read again from its own rows so far (a run's
+    `collapsed` and `aspects_with_gold` columns give its collapsed heads), so an old
+    `loss_dynamics.csv` gets this version's readings."""
+    reading, held = Reading(WARMING_UP, held=0), 0
+    for end, row in enumerate(rows, start=1):
+        troubled = [a for a in str(row.get("collapsed") or "").split(";") if a]
+        with_gold = int(_number(row.get("aspects_with_gold")) or 0)
+        previous = reading.regime
+        reading = read(rows[:end], recipe, thresholds, troubled, with_gold)
+        held = held + 1 if reading.regime == previous else 1
+    reading.held = held
+    return reading

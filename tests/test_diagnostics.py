@@ -267,6 +267,8 @@ def test_suggested_weights_follow_the_table():
         ("converged_drop", 1.0),
         ("collapse_share", 0),
         ("collapse_aspects", 1.5),
+        ("patience", 0),
+        ("patience", 1.5),
     ],
 )
 def test_bad_thresholds_name_the_key(field, value):

@@ -93,11 +93,10 @@ def test_dynamics_are_the_logged_epoch_means_and_the_readings(rule_run):
         assert 0.5 < float(row["contrastive_norm"]) < 1.2
         assert 0.5 < float(row["val_contrastive_norm"]) < 1.2
         history = rows[: i + 1]
-        troubled = [a for a in row["collapsed"].split(";") if a]
-        expected = dx.read(
-            history, recipe_of(history), thresholds, troubled, int(row["aspects_with_gold"])
-        )
+        expected = dx.read_history(history, recipe_of(history), thresholds)
         assert (row["regime"], row["override"]) == (expected.regime, expected.override)
+        held = 1 + (int(rows[i - 1]["held"]) if i and rows[i - 1]["regime"] == row["regime"] else 0)
+        assert int(row["held"]) == expected.held == held
         assert row["evidence"] == expected.evidence_line()
 
 
@@ -109,7 +108,8 @@ def test_rule_balancer_acted_on_the_readings_between_epochs(rule_run):
     for i, row in enumerate(rows):
         used = (float(row["focal_weight"]), float(row["contrastive_weight"]))
         assert used == pytest.approx(replay.effective_weights())
-        replay.end_epoch(int(row["epoch"]), dx.Reading(row["regime"]), rows[: i + 1])
+        reading = dx.Reading(row["regime"], held=int(row["held"]))
+        replay.end_epoch(int(row["epoch"]), reading, rows[: i + 1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     final = metrics["effective_weights"]
     assert (final["focal_weight"], final["contrastive_weight"]) == pytest.approx(
@@ -141,7 +141,8 @@ def test_console_table_at_the_end_of_training(rule_run):
     columns = ("epoch", "focal", "contr", "val focal", "val contr", "pair F1", "status")
     assert [w for w in columns if w not in header] == []
     last = read_csv(run_dir / "loss_dynamics.csv")[-1]
-    assert f"reading: {last['regime'].replace('_', ' ')}" in stdout
+    held = int(last["held"])
+    assert f"reading: {last['regime'].replace('_', ' ')}, held {held} consecutive epoch" in stdout
     # The evidence: the slopes the reading used (rich may wrap the line).
     assert "evidence: focal_slope=" in stdout
 
