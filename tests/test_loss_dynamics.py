@@ -206,6 +206,36 @@ def test_loss_dynamics_state_comes_back_from_a_checkpoint():
     assert "warming up" in text and "0.3000" in text and "0.9500" in text
 
 
+def test_collapse_counts_are_summed_across_processes_after_compute():
+    """Under DDP each process holds its own share of the validation cells: LossDynamics's
+    collapse test must read them all. The other process's confmat comes in through the
+    metric's own sync (dist_sync_fn), as torch.distributed's all-gather would bring it."""
+    from absa_lightning.metrics import AspectConfusionMatrix
+
+    g = torch.Generator().manual_seed(0)
+    mine = torch.randint(0, 4, (2, 8, 3), generator=g)  # (preds|target, comments, aspects)
+    theirs = torch.randint(0, 4, (2, 8, 3), generator=g)
+    other = AspectConfusionMatrix(3)
+    other.update(theirs[0], theirs[1])
+
+    def all_gather(tensor, group=None):
+        return [tensor, other.confmat.clone()]
+
+    metric = AspectConfusionMatrix(
+        3, dist_sync_fn=all_gather, distributed_available_fn=lambda: True
+    )
+    metric.update(mine[0], mine[1])
+    whole = AspectConfusionMatrix(3)
+    whole.update(torch.cat([mine[0], theirs[0]]), torch.cat([mine[1], theirs[1]]))
+
+    metric.compute()  # syncs, then leaves the local states again (as the module does)
+    for synced, expected in zip(metric.class_counts(), whole.class_counts(), strict=True):
+        assert torch.equal(synced, expected)
+    gold, _ = metric.class_counts()
+    assert int(gold.sum()) == 16 * 3  # every cell of both processes, once
+    assert int(metric.confmat.sum()) == 8 * 3  # and the states are local again
+
+
 def naive_scores(z: torch.Tensor, aspects: list[int], polarities: list[int]) -> dict:
     """Textbook loops over cells and pairs, in float64."""
     z = torch.nn.functional.normalize(z.double(), dim=-1)
