@@ -10,8 +10,9 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 | regime           | test (last `window` epochs)                  | override                      |
 | ---------------- | -------------------------------------------- | ----------------------------- |
 | warming_up       | fewer than `window` epochs                   | none                          |
-| collapse         | >= collapse_aspects of the aspects with gold | focal.alpha=inverse_frequency |
-|                  | mentions have a collapsed head (see below)   | (lr / 2 if already set)       |
+| collapse         | >= collapse_aspects of the aspects with gold | lr / 10 if a loss jumped;     |
+|                  | mentions have a collapsed head (see below)   | else focal.alpha=inverse_freq |
+|                  |                                              | (lr / 2 if already set)       |
 | over_fitting     | train focal falls, a val loss rises more     | lr / 2 (heads and encoder)    |
 |                  | than overfit_rise; best val F1 before last   |                               |
 | under_training   | val pair F1 rises > f1_flat_threshold, its   | trainer.max_epochs x 2        |
@@ -21,8 +22,12 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 | contrastive_lags | focal falls, contrastive flat                | weight step to contrastive    |
 | focal_lags       | contrastive falls, focal flat                | weight step to focal          |
 | converged        | both flat at a low level, val F1 flat        | none                          |
-| stalled          | neither falls                                | lr / 10 if the loss ever rose |
-|                  |                                              | an epoch, else lr x 3         |
+| stalled          | neither falls                                | lr / 10 if a loss jumped,     |
+|                  |                                              | else lr x 3                   |
+
+A loss *jumped* when a trained loss's epoch mean ever rose more than `loss_jump` (10%) of itself
+from one epoch to the next: the mark of a learning rate too high (a learning rate too low
+moves the losses by less than their noise, which is a few percent).
 
 A head is collapsed when it predicts one class for >= collapse_share of the validation cells
 while that class is rarer than that in the gold labels (e.g. "absent" for every cell of an
@@ -78,15 +83,16 @@ ADVICE = {
     FOCAL_LAGS: "contrastive falls, focal flat: same-label embeddings are getting closer but "
     "the heads do not separate them yet; raise focal_weight",
     STALLED: "neither loss falls: an optimisation problem; change the learning rate (lower if "
-    "the loss ever rose, else higher), then check the data",
+    "a loss jumped, else higher), then check the data",
     CONVERGED: "both losses flat at a low level and val pair F1 flat: converged; stop here",
     WARMING_UP: "not enough epochs yet to read the curves",
     OVER_FITTING: "training loss falls while validation loss rises and val pair F1 peaked "
     "earlier: over-fitting; lower the learning rate (or stop earlier, regularise)",
     UNDER_TRAINING: "val pair F1 still rising, or val loss still falling, at the last epoch: "
     "under-trained; train longer",
-    COLLAPSE: "most aspect heads predict one class for nearly every cell: collapsed; weight "
-    "the rare classes up (loss.focal.alpha=inverse_frequency), else lower the learning rate",
+    COLLAPSE: "most aspect heads predict one class for nearly every cell: collapsed; if a loss "
+    "jumped, lower the learning rate, else weight the rare classes up "
+    "(loss.focal.alpha=inverse_frequency)",
 }
 
 
@@ -104,6 +110,8 @@ class Thresholds:
     collapse_share: a head is collapsed when one class takes >= this share of its predictions
         on validation while that class's share of the gold labels is below it.
     collapse_aspects: collapse when >= this share of the aspects with gold mentions are.
+    loss_jump: a trained loss whose epoch mean rises more than this (relative) from one epoch
+        to the next jumped: the learning rate is too high (stalled and collapse advice).
     patience: `loss/balancer=rule` acts on a regime only once it has been read in this many
         consecutive epochs (>= 1): one epoch's noise near a threshold does not move weights.
     """
@@ -116,6 +124,7 @@ class Thresholds:
     overfit_rise: float = 0.01
     collapse_share: float = 0.99
     collapse_aspects: float = 0.8
+    loss_jump: float = 0.1
     patience: int = 2
 
     def __post_init__(self) -> None:
@@ -131,6 +140,8 @@ class Thresholds:
             raise ValueError(
                 f"diagnostics.converged_drop must be in [0, 1), got {self.converged_drop}"
             )
+        if not self.loss_jump > 0:
+            raise ValueError(f"diagnostics.loss_jump must be > 0, got {self.loss_jump}")
         for name in ("collapse_share", "collapse_aspects"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"diagnostics.{name} must be in (0, 1], got {getattr(self, name)}")
@@ -335,16 +346,24 @@ def read(
         best = max(range(len(f1)), key=f1.__getitem__)
         evidence["best_epoch"] = int(_number(rows[best].get("epoch")) or best)
 
+    jumped = any(
+        b > a * (1 + thresholds.loss_jump)
+        for h in history.values()
+        for a, b in itertools.pairwise(h)
+    )
+
     # Collapse: the heads, whatever the curves say.
     if troubled_aspects and aspects_with_gold:
         evidence["collapsed_heads"] = f"{len(troubled_aspects)}/{aspects_with_gold}"
         if len(troubled_aspects) >= thresholds.collapse_aspects * aspects_with_gold:
             evidence["collapsed"] = ";".join(troubled_aspects)
-            override = (
-                "loss.focal.alpha=inverse_frequency"
-                if recipe.focal_alpha != "inverse_frequency"
-                else _lr_override(recipe, 0.5)
-            )
+            evidence["loss_jumped"] = jumped
+            if jumped:  # the heads gave up under a learning rate too high
+                override = _lr_override(recipe, 0.1)
+            elif recipe.focal_alpha != "inverse_frequency":
+                override = "loss.focal.alpha=inverse_frequency"
+            else:
+                override = _lr_override(recipe, 0.5)
             return Reading(COLLAPSE, override, evidence)
 
     flat = thresholds.flat_threshold
@@ -382,9 +401,8 @@ def read(
         return Reading(CONVERGED, "", evidence)
     if settled:
         return Reading(HEALTHY, "", evidence)  # losses settled, val F1 still moving
-    rose = any(b > a * (1 + flat) for h in history.values() for a, b in itertools.pairwise(h))
-    evidence["loss_rose"] = rose
-    return Reading(STALLED, _lr_override(recipe, 0.1 if rose else 3.0), evidence)
+    evidence["loss_jumped"] = jumped
+    return Reading(STALLED, _lr_override(recipe, 0.1 if jumped else 3.0), evidence)
 
 
 def read_history(
