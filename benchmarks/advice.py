@@ -224,14 +224,17 @@ BALANCER_COLUMNS = [
 
 def run_balancer(dataset: str, balancer: str, settings: Any, reuse: bool) -> dict[str, Any]:
     """One run of the comparison recipe with `loss/balancer=<balancer>`."""
-    data = settings.datasets[dataset]
+    data, recipe = settings.datasets[dataset], settings.balancers
     overrides = merged(
         settings.common_overrides,
         [f"data={data.data}", *data.overrides],
-        settings.balancers.overrides,
+        recipe.overrides,
         [f"loss/balancer={balancer}", f"seed={settings.seed}"],
     )
     folder = OUTPUT_ROOT / dataset / f"balancer_{balancer}"
+    same = [n for n, r in settings.rows.items() if list(r.overrides) == list(recipe.overrides)]
+    if balancer == "static" and same and (OUTPUT_ROOT / dataset / same[0] / "run").is_dir():
+        folder, reuse = OUTPUT_ROOT / dataset / same[0] / "run", True  # static is the default
     minutes = train_run(overrides, folder, reuse)
     val, test = advise._scores(folder)
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -259,7 +262,7 @@ def compare_balancers(datasets: Sequence[str], settings: Any, reuse: bool) -> Se
             print(f"== {dataset} / loss/balancer={balancer}", flush=True)
             try:
                 results.append(run_balancer(dataset, balancer, settings, reuse))
-            except (RuntimeError, OSError) as e:
+            except Exception as e:  # a failed run is a row of the report, not the end of it
                 print(f"  failed: {e}", flush=True)
                 results.append({"dataset": dataset, "balancer": balancer, "last_reading": str(e)})
     return Section(
@@ -314,11 +317,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     }
                 )
     section = summarise(results, settings)
+    env = environment([settings.seed], quick=False)
+    env["mode"] = "advice"
+    write_results([section], env, time.perf_counter() - started, args.name)  # kept if cut short
     sections = [section]
     if not args.only:
         sections.append(compare_balancers(datasets, settings, args.reuse))
-    env = environment([settings.seed], quick=False)
-    env["mode"] = "advice"
     md_path, _ = write_results(sections, env, time.perf_counter() - started, args.name)
     print(md_path.read_text(encoding="utf-8"))
     for target in section.targets:
