@@ -13,8 +13,9 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 | collapse         | >= collapse_aspects of the aspects with gold | lr / 10 if a loss jumped;     |
 |                  | mentions have a collapsed head (see below)   | else focal.alpha=inverse_freq |
 |                  |                                              | (lr / 2 if already set)       |
-| over_fitting     | train focal falls, a val loss rises more     | lr / 2 (heads and encoder)    |
-|                  | than overfit_rise; best val F1 before last   |                               |
+| over_fitting     | train focal falls or holds, a val loss rises | lr / 2 (heads and encoder)    |
+|                  | more than overfit_rise; best val F1 before   |                               |
+|                  | the last epoch                               |                               |
 | under_training   | val pair F1 rises > f1_flat_threshold, its   | trainer.max_epochs x 2        |
 |                  | best is the last epoch; or every epoch used  |                               |
 |                  | and val focal still falls                    |                               |
@@ -86,8 +87,8 @@ ADVICE = {
     "a loss jumped, else higher), then check the data",
     CONVERGED: "both losses flat at a low level and val pair F1 flat: converged; stop here",
     WARMING_UP: "not enough epochs yet to read the curves",
-    OVER_FITTING: "training loss falls while validation loss rises and val pair F1 peaked "
-    "earlier: over-fitting; lower the learning rate (or stop earlier, regularise)",
+    OVER_FITTING: "training loss falls or holds while validation loss rises and val pair F1 "
+    "peaked earlier: over-fitting; lower the learning rate (or stop earlier, regularise)",
     UNDER_TRAINING: "val pair F1 still rising, or val loss still falling, at the last epoch: "
     "under-trained; train longer",
     COLLAPSE: "most aspect heads predict one class for nearly every cell: collapsed; if a loss "
@@ -368,9 +369,14 @@ def read(
 
     flat = thresholds.flat_threshold
     best_is_last = f1 is not None and f1[-1] >= max(f1)
-    train_falls = train_rate.get("focal", train_rate.get("contrastive", 0.0)) < -flat
-    val_rises = any(r > thresholds.overfit_rise for r in val_rate.values())
-    if train_falls and val_rises and f1 is not None and not best_is_last:
+    # Validation worsening while training improves, or holds while validation clearly (more
+    # than flat) worsens: memorising (measured: 16 comments, train focal -1%/epoch, val +7%).
+    train_rate_read = train_rate.get("focal", train_rate.get("contrastive", 0.0))
+    rise = (
+        thresholds.overfit_rise if train_rate_read < -flat else max(thresholds.overfit_rise, flat)
+    )
+    val_rises = any(r > rise for r in val_rate.values())
+    if train_rate_read <= flat and val_rises and f1 is not None and not best_is_last:
         return Reading(OVER_FITTING, _lr_override(recipe, 0.5), evidence)
     # Still improving: val F1 at its best and rising, or, having used every epoch it was
     # given, val focal loss still falling (the model still generalises better each epoch).

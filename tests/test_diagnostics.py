@@ -216,6 +216,21 @@ def test_a_jump_tells_a_learning_rate_too_high_from_one_too_low():
     )
 
 
+def test_a_memorising_run_whose_training_loss_holds_is_over_fitting():
+    """16 comments, many epochs: train focal barely moves (-1%/epoch, "flat") while val focal
+    rises 7%/epoch; a val loss rising less than flat_threshold with training flat is noise."""
+    memorising = rows(
+        focal=[0.19, 0.182, 0.177, 0.179],
+        contrastive=flat(1.0, 4),
+        f1=[0.13, 0.12, 0.11, 0.115],
+        val_focal=[0.47, 0.50, 0.53, 0.56],
+        val_contrastive=flat(1.0, 4),
+    )
+    assert dx.read(memorising, MID_RUN).regime == dx.OVER_FITTING
+    noise = [dict(r, val_focal=0.5 * (1 + 0.015 * i)) for i, r in enumerate(memorising)]
+    assert dx.read(noise, MID_RUN).regime != dx.OVER_FITTING
+
+
 def test_collapsed_heads_from_class_counts():
     # (A, C) counts, C = absent + 3 polarities, 100 cells an aspect.
     gold = torch.tensor([[90, 5, 5, 0], [50, 40, 10, 0], [100, 0, 0, 0], [60, 20, 20, 0]])
