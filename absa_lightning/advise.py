@@ -154,8 +154,8 @@ def describe(run: RunReading) -> str:
     reading = run.reading
     lines = [
         f"run:      {run.run_dir} ({run.epochs} epochs)",
-        f"reading:  {reading.regime.replace('_', ' ')} (held {reading.held} consecutive "
-        f"epochs): {reading.advice}",
+        f"reading:  {reading.regime.replace('_', ' ')} ({diagnostics.held_words(reading.held)}): "
+        f"{reading.advice}",
         f"evidence: {reading.evidence_line() or '-'}",
         f"override: {reading.override or '(none: keep the recipe)'}",
     ]

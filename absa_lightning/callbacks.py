@@ -140,9 +140,9 @@ class LossDynamics(L.Callback):
         pl_module.balancer.end_epoch(row["epoch"], reading, history)
         if trainer.is_global_zero:
             log.info(
-                "epoch %d reading (held %d epochs): %s%s [%s]",
+                "epoch %d reading (%s): %s%s [%s]",
                 row["epoch"],
-                reading.held,
+                diagnostics.held_words(reading.held),
                 reading.advice,
                 f": {reading.override}" if reading.override else "",
                 row["evidence"],
@@ -167,8 +167,7 @@ class LossDynamics(L.Callback):
         last = self.rows[max(self.rows)]
         held = int(last.get("held") or 1)
         return (
-            f"reading: {last['regime'].replace('_', ' ')}, held {held} consecutive "
-            f"epoch{'s' if held != 1 else ''}"
+            f"reading: {last['regime'].replace('_', ' ')}, {diagnostics.held_words(held)}"
             + (f" → {last['override']}" if last["override"] else "")
             + f"\nevidence: {last.get('evidence') or '-'}"
         )

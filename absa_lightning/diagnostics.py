@@ -197,6 +197,11 @@ class Reading:
         )
 
 
+def held_words(held: int) -> str:
+    """How long a reading has held, in words: "held 3 consecutive epochs"."""
+    return f"held {held} consecutive epochs" if held != 1 else "held 1 epoch (new)"
+
+
 def slope(values: Sequence[float]) -> float:
     """Least-squares slope per step of `values` (at least two)."""
     y = torch.as_tensor(values, dtype=torch.float64)
