@@ -153,7 +153,7 @@ class LossDynamics(L.Callback):
         folder = _run_folder(trainer)
         rows = [self.rows[e] for e in sorted(self.rows)]
         write_rows_csv(rows, folder / "loss_dynamics.csv")
-        plots.loss_dynamics(rows, folder / "loss_dynamics.png")
+        plots.loss_dynamics(rows, folder / "loss_dynamics.png", self.thresholds.patience)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:

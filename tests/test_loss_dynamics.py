@@ -313,3 +313,25 @@ def test_measuring_the_embedding_space_leaves_training_unchanged(small_visfd: Pa
     plain = train(compose_train([*base, "~callbacks.embedding_space"], tmp_path / "b"))
     assert measured["test"] == plain["test"]
     assert measured["final_losses"] == plain["final_losses"]
+
+
+def test_the_picture_draws_rows_read_back_from_a_csv(tmp_path):
+    """absa-advise and the tests read loss_dynamics.csv: every cell a string."""
+    from absa_lightning import plots
+
+    rows = [
+        {
+            "epoch": str(e),
+            "focal": str(0.5 - 0.05 * e),
+            "contrastive_norm": "0.9",
+            "val_focal": "0.45",
+            "val_contrastive_norm": "0.95",
+            "val_pair_f1": str(0.2 + 0.1 * e),
+            "contrastive_weight": "0.2",
+            "regime": dx.WARMING_UP if e < 2 else dx.UNDER_TRAINING,
+            "held": str(e + 1 if e < 2 else e - 1),
+        }
+        for e in range(5)
+    ]
+    plots.loss_dynamics(rows, tmp_path / "loss_dynamics.png", patience=2)
+    assert (tmp_path / "loss_dynamics.png").read_bytes()[:8] == PNG
