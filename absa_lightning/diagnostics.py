@@ -199,7 +199,7 @@ class Reading:
 
 def held_words(held: int) -> str:
     """How long a reading has held, in words: "held 3 consecutive epochs"."""
-    return f"held {held} consecutive epochs" if held != 1 else "held 1 epoch (new)"
+    return f"held {held} consecutive epochs" if held != 1 else "held 1 epoch"
 
 
 def slope(values: Sequence[float]) -> float:
