@@ -13,9 +13,9 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 | collapse         | >= collapse_aspects of the aspects with gold | lr / 10 if a loss jumped;     |
 |                  | mentions have a collapsed head (see below)   | else focal.alpha=inverse_freq |
 |                  |                                              | (lr / 2 if already set)       |
-| over_fitting     | train focal falls or holds, a val loss rises | lr / 2 (heads and encoder)    |
-|                  | more than overfit_rise; best val F1 before   |                               |
-|                  | the last epoch                               |                               |
+| over_fitting     | a val loss rises while train focal falls     | lr / 2 (heads and encoder)    |
+|                  | (rise > overfit_rise) or holds (rise > flat);|                               |
+|                  | best val F1 before the last epoch            |                               |
 | under_training   | val pair F1 rises > f1_flat_threshold, its   | trainer.max_epochs x 2        |
 |                  | best is the last epoch; or every epoch used  |                               |
 |                  | and val focal still falls                    |                               |
