@@ -255,7 +255,8 @@ def run_balancer(dataset: str, balancer: str, settings: Any, reuse: bool) -> dic
     }
 
 
-def compare_balancers(datasets: Sequence[str], settings: Any, reuse: bool) -> Section:
+def compare_balancers(datasets: Sequence[str], settings: Any, reuse: bool) -> list[dict]:
+    """The comparison's runs on `datasets`, one row each (static, then rule)."""
     results = []
     for dataset in datasets:
         for balancer in settings.balancers.choices:
@@ -265,6 +266,10 @@ def compare_balancers(datasets: Sequence[str], settings: Any, reuse: bool) -> Se
             except Exception as e:  # a failed run is a row of the report, not the end of it
                 print(f"  failed: {e}", flush=True)
                 results.append({"dataset": dataset, "balancer": balancer, "last_reading": str(e)})
+    return results
+
+
+def balancer_section(results: list[dict], settings: Any) -> Section:
     return Section(
         title="loss/balancer=rule against static weights (same recipe and seed)",
         columns=BALANCER_COLUMNS,
@@ -297,12 +302,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = OmegaConf.load(SETTINGS)
     os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # the runs' and the checks' threads
     started = time.perf_counter()
-    results = []
+    env = environment([settings.seed], quick=False)
+    env["mode"] = "advice"
+    results: list[dict[str, Any]] = []
+    balancers: list[dict[str, Any]] = []
+
+    def sections() -> list[Section]:
+        compared = [] if args.only else [balancer_section(balancers, settings)]
+        return [summarise(results, settings), *compared]
+
     datasets = available(settings, args.datasets)
-    for dataset in datasets:
-        for name, row in settings.rows.items():
-            if args.only and name not in args.only:
-                continue
+    # Row by row over the datasets, the results rewritten after each run: a benchmark cut
+    # short still reports the same rows on every dataset.
+    for name, row in settings.rows.items():
+        if args.only and name not in args.only:
+            continue
+        for dataset in datasets:
             print(f"== {dataset} / {name}: {row.label}", flush=True)
             try:
                 results.append(run_row(dataset, name, row, settings, args.reuse))
@@ -316,14 +331,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "reading": f"failed: {e}",
                     }
                 )
-    section = summarise(results, settings)
-    env = environment([settings.seed], quick=False)
-    env["mode"] = "advice"
-    write_results([section], env, time.perf_counter() - started, args.name)  # kept if cut short
-    sections = [section]
-    if not args.only:
-        sections.append(compare_balancers(datasets, settings, args.reuse))
-    md_path, _ = write_results(sections, env, time.perf_counter() - started, args.name)
+            if not args.only and list(row.overrides) == list(settings.balancers.overrides):
+                balancers.extend(compare_balancers([dataset], settings, args.reuse))
+            write_results(sections(), env, time.perf_counter() - started, args.name)
+    section = sections()[0]
+    md_path, _ = write_results(sections(), env, time.perf_counter() - started, args.name)
     print(md_path.read_text(encoding="utf-8"))
     for target in section.targets:
         verdict = "PASS" if target.passed else "FAIL"
