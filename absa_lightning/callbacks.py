@@ -96,6 +96,7 @@ class LossDynamics(L.Callback):
     def recipe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> diagnostics.Recipe:
         hparams = pl_module.hparams
         focal_weight, contrastive_weight = pl_module.balancer.effective_weights()
+        alpha = hparams.loss["focal"].get("alpha")
         return diagnostics.Recipe(
             focal_weight=focal_weight,
             contrastive_weight=contrastive_weight,
@@ -103,8 +104,13 @@ class LossDynamics(L.Callback):
             encoder_lr=float(hparams.encoder_lr),
             max_epochs=int(trainer.max_epochs or 1),
             # train.build resolves inverse_frequency into the weights: any list counts as set.
-            focal_alpha="inverse_frequency" if hparams.loss["focal"].get("alpha") else None,
+            focal_alpha="inverse_frequency" if alpha else None,
             weight_step=self.suggestion_step,
+            focal_uniform=None
+            if alpha
+            else diagnostics.uniform_focal(
+                len(hparams.polarities) + 1, float(hparams.loss["focal"].get("gamma", 2.0))
+            ),
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -27,8 +27,9 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 |                  |                                              | else lr x 3                   |
 
 A loss *jumped* when a trained loss's epoch mean ever rose more than `loss_jump` (10%) of itself
-from one epoch to the next: the mark of a learning rate too high (a learning rate too low
-moves the losses by less than their noise, which is a few percent).
+from one epoch to the next, or the training focal loss's epoch mean was ever above what a
+uniform guess scores (`uniform_focal`; it blew up within an epoch): the marks of a learning
+rate too high (a learning rate too low moves the losses by less than their noise).
 
 A head is collapsed when it predicts one class for >= collapse_share of the validation cells
 while that class is rarer than that in the gold labels (e.g. "absent" for every cell of an
@@ -159,19 +160,32 @@ class Recipe:
     max_epochs: int = 8
     focal_alpha: Any = None
     weight_step: float = 0.1
+    # The focal loss of a uniform guess (`uniform_focal`); None: unknown, or class weights set.
+    focal_uniform: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], weight_step: float = 0.1) -> Recipe:
         """From a train.yaml config (a dict or DictConfig), as `.hydra/config.yaml` holds it."""
+        alpha = cfg["loss"]["focal"].get("alpha")
+        polarities = cfg["data"].get("polarities")
         return cls(
             focal_weight=float(cfg["loss"]["focal_weight"]),
             contrastive_weight=float(cfg["loss"]["contrastive_weight"]),
             lr=float(cfg["optimizer"]["lr"]),
             encoder_lr=float(cfg["model"]["encoder_lr"]),
             max_epochs=int(cfg["trainer"]["max_epochs"]),
-            focal_alpha=cfg["loss"]["focal"].get("alpha"),
+            focal_alpha=alpha,
             weight_step=weight_step,
+            focal_uniform=None
+            if alpha is not None or not polarities
+            else uniform_focal(len(polarities) + 1, float(cfg["loss"]["focal"].get("gamma", 2.0))),
         )
+
+
+def uniform_focal(classes: int, gamma: float) -> float:
+    """The focal loss (no class weights) of a model that gives every class 1 / classes: a
+    training mean above it is worse than guessing, the mark of a learning rate too high."""
+    return (1 - 1 / classes) ** gamma * math.log(classes)
 
 
 @dataclass
@@ -357,6 +371,11 @@ def read(
         for h in history.values()
         for a, b in itertools.pairwise(h)
     )
+    # A focal epoch mean worse than a uniform guess: it blew up within an epoch.
+    uniform = recipe.focal_uniform
+    if uniform is not None and "focal" in history and max(history["focal"]) > uniform:
+        evidence["focal_above_uniform_guess"] = True
+        jumped = True
 
     # Collapse: the heads, whatever the curves say.
     if troubled_aspects and aspects_with_gold:

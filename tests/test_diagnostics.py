@@ -216,6 +216,29 @@ def test_a_jump_tells_a_learning_rate_too_high_from_one_too_low():
     )
 
 
+def test_a_focal_loss_above_a_uniform_guess_is_a_learning_rate_too_high():
+    """lr 1.0 on UIT-ViSFD (the advice benchmark): the focal loss blew up within the first
+    epoch (14.0, then 10.9, 5.1, 2.5, 0.94): it only fell from there, nothing jumped between
+    epochs, but a uniform guess scores 0.78."""
+    uniform = dx.uniform_focal(4, 2.0)
+    assert uniform == pytest.approx(0.75**2 * math.log(4))
+    probs = torch.full((1, 4), 0.25)
+    naive = -((1 - probs[0, 1]) ** 2) * torch.log(probs[0, 1])  # any target: every class 1/4
+    assert uniform == pytest.approx(float(naive))
+    blew_up = rows(
+        focal=[13.96, 10.95, 5.13, 2.55, 0.94], contrastive=flat(1.0, 5), f1=flat(0.2, 5)
+    )
+    heads = [f"A{i}" for i in range(10)]
+    recipe = dx.Recipe(lr=1.0, encoder_lr=1.0, max_epochs=5, focal_uniform=uniform)
+    reading = dx.read(blew_up, recipe, troubled_aspects=heads, aspects_with_gold=10)
+    assert reading.regime == dx.COLLAPSE and reading.evidence["focal_above_uniform_guess"]
+    assert reading.override == "optimizer.lr=0.1 model.encoder_lr=0.1"
+    unknown = dx.Recipe(lr=1.0, encoder_lr=1.0, max_epochs=5)  # class weights set, or no config
+    assert dx.read(blew_up, unknown, troubled_aspects=heads, aspects_with_gold=10).override == (
+        "loss.focal.alpha=inverse_frequency"
+    )
+
+
 def test_a_memorising_run_whose_training_loss_holds_is_over_fitting():
     """16 comments, many epochs: train focal barely moves (-1%/epoch, "flat") while val focal
     rises 7%/epoch; a val loss rising less than flat_threshold with training flat is noise."""
