@@ -275,7 +275,12 @@ def balancer_section(results: list[dict], settings: Any) -> Section:
         columns=BALANCER_COLUMNS,
         rows=results,
         notes=[
-            "recipe: every run's overrides plus " + " ".join(settings.balancers.overrides),
+            "recipe: every run's overrides"
+            + (
+                " plus " + " ".join(settings.balancers.overrides)
+                if settings.balancers.overrides
+                else ""
+            ),
             "weight_changes: epochs after which the rule moved weight (loss_dynamics.csv); the "
             "rule acts on a lag regime held diagnostics.patience epochs, then waits `window`.",
         ],
