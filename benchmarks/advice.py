@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     balancers: list[dict[str, Any]] = []
 
     def sections() -> list[Section]:
-        compared = [] if args.only else [balancer_section(balancers, settings)]
+        compared = [balancer_section(balancers, settings)] if balancers else []
         return [summarise(results, settings), *compared]
 
     datasets = available(settings, args.datasets)
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "reading": f"failed: {e}",
                     }
                 )
-            if not args.only and list(row.overrides) == list(settings.balancers.overrides):
+            if list(row.overrides) == list(settings.balancers.overrides):
                 balancers.extend(compare_balancers([dataset], settings, args.reuse))
             write_results(sections(), env, time.perf_counter() - started, args.name)
     section = sections()[0]
