@@ -27,8 +27,8 @@ val pair F1's is absolute (F1 points an epoch). The first regime whose test hold
 |                  |                                              | else lr x 3                   |
 
 A loss *jumped* when a trained loss's epoch mean ever rose more than `loss_jump` (10%) of itself
-from one epoch to the next, or the training focal loss's epoch mean was ever above what a
-uniform guess scores (`uniform_focal`; it blew up within an epoch): the marks of a learning
+from one epoch to the next, or the training focal loss's epoch mean was ever above twice what
+a uniform guess scores (`uniform_focal`; it blew up within an epoch): the marks of a learning
 rate too high (a learning rate too low moves the losses by less than their noise).
 
 A head is collapsed when it predicts one class for >= collapse_share of the validation cells
@@ -184,7 +184,7 @@ class Recipe:
 
 def uniform_focal(classes: int, gamma: float) -> float:
     """The focal loss (no class weights) of a model that gives every class 1 / classes: a
-    training mean above it is worse than guessing, the mark of a learning rate too high."""
+    training mean of twice that is far worse than guessing, a learning rate too high."""
     return (1 - 1 / classes) ** gamma * math.log(classes)
 
 
@@ -371,9 +371,10 @@ def read(
         for h in history.values()
         for a, b in itertools.pairwise(h)
     )
-    # A focal epoch mean worse than a uniform guess: it blew up within an epoch.
+    # A focal epoch mean twice a uniform guess's: it blew up within an epoch (an untrained
+    # model starts near the uniform level, a little above it from its random logits).
     uniform = recipe.focal_uniform
-    if uniform is not None and "focal" in history and max(history["focal"]) > uniform:
+    if uniform is not None and "focal" in history and max(history["focal"]) > 2 * uniform:
         evidence["focal_above_uniform_guess"] = True
         jumped = True
 
