@@ -70,7 +70,8 @@ def test_run_folder_holds_the_dynamics_and_the_pictures(rule_run):
 
 def recipe_of(rows_so_far, lr=1e-3):
     last = rows_so_far[-1]
-    return dx.Recipe(float(last["focal_weight"]), float(last["contrastive_weight"]), lr, lr, EPOCHS)
+    weights = float(last["focal_weight"]), float(last["contrastive_weight"])
+    return dx.Recipe(*weights, lr, lr, EPOCHS, focal_uniform=dx.uniform_focal(4, 2.0))
 
 
 def test_dynamics_are_the_logged_epoch_means_and_the_readings(rule_run):
