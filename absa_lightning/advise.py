@@ -81,11 +81,7 @@ def read_run(run_dir: str | Path) -> RunReading:
             thresholds = diagnostics.Thresholds(**(cfg.get("diagnostics") or {}))
         except (TypeError, ValueError) as e:
             raise UserError(f"{run_dir / '.hydra/config.yaml'}: diagnostics: {e}") from None
-    last = rows[-1]
-    troubled = [a for a in (last.get("collapsed") or "").split(";") if a]
-    reading = diagnostics.read(
-        rows, recipe, thresholds, troubled, int(float(last.get("aspects_with_gold") or 0))
-    )
+    reading = diagnostics.read_history(rows, recipe, thresholds)
     return RunReading(run_dir, reading, len(rows), *_scores(run_dir))
 
 
@@ -158,7 +154,8 @@ def describe(run: RunReading) -> str:
     reading = run.reading
     lines = [
         f"run:      {run.run_dir} ({run.epochs} epochs)",
-        f"reading:  {reading.regime.replace('_', ' ')}: {reading.advice}",
+        f"reading:  {reading.regime.replace('_', ' ')} ({diagnostics.held_words(reading.held)}): "
+        f"{reading.advice}",
         f"evidence: {reading.evidence_line() or '-'}",
         f"override: {reading.override or '(none: keep the recipe)'}",
     ]

@@ -78,8 +78,10 @@ class RuleBalancer(LossBalancer):
     contrastive; "contrastive falls, focal flat" moves it back. Every other regime (over-fitting,
     collapse, under-training, ...) asks for something weights cannot give, and a contrastive
     weight of 0 is a recipe without that loss: no change then. Each weight stays within
-    [min_weight, max_weight], the sum stays as configured, and after a change the rule waits
-    `thresholds.window` epochs, so that it judges curves made with the new weights.
+    [min_weight, max_weight], the sum stays as configured. It acts only on a lag regime read in
+    `thresholds.patience` consecutive epochs (readings flip near a threshold), and after a
+    change it waits `thresholds.window` epochs, so that it judges curves made with the new
+    weights.
     """
 
     reads_curves = True
@@ -118,6 +120,8 @@ class RuleBalancer(LossBalancer):
     ) -> None:
         self.epochs_seen += 1
         if self.epochs_seen - 1 - self.last_change < self.thresholds.window:
+            return
+        if reading.held < self.thresholds.patience:
             return
         proposed = diagnostics.suggested_weights(
             reading.regime, *self.effective_weights(), self.step, self.min_weight, self.max_weight

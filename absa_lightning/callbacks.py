@@ -36,6 +36,7 @@ DYNAMICS_COLUMNS = (
     "collapsed",
     "aspects_with_gold",
     "regime",
+    "held",
     "override",
     "evidence",
 )
@@ -95,6 +96,7 @@ class LossDynamics(L.Callback):
     def recipe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> diagnostics.Recipe:
         hparams = pl_module.hparams
         focal_weight, contrastive_weight = pl_module.balancer.effective_weights()
+        alpha = hparams.loss["focal"].get("alpha")
         return diagnostics.Recipe(
             focal_weight=focal_weight,
             contrastive_weight=contrastive_weight,
@@ -102,8 +104,13 @@ class LossDynamics(L.Callback):
             encoder_lr=float(hparams.encoder_lr),
             max_epochs=int(trainer.max_epochs or 1),
             # train.build resolves inverse_frequency into the weights: any list counts as set.
-            focal_alpha="inverse_frequency" if hparams.loss["focal"].get("alpha") else None,
+            focal_alpha="inverse_frequency" if alpha else None,
             weight_step=self.suggestion_step,
+            focal_uniform=None
+            if alpha
+            else diagnostics.uniform_focal(
+                len(hparams.polarities) + 1, float(hparams.loss["focal"].get("gamma", 2.0))
+            ),
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -130,21 +137,18 @@ class LossDynamics(L.Callback):
         row["collapsed"] = ";".join(troubled)
         self.rows[row["epoch"]] = row
         history = [self.rows[e] for e in sorted(self.rows)]
-        reading = diagnostics.read(
-            history,
-            self.recipe(trainer, pl_module),
-            self.thresholds,
-            troubled,
-            row.get("aspects_with_gold", 0),
+        reading = diagnostics.read_history(
+            history, self.recipe(trainer, pl_module), self.thresholds
         )
         self.reading = reading
-        row["regime"], row["override"] = reading.regime, reading.override
+        row["regime"], row["held"], row["override"] = reading.regime, reading.held, reading.override
         row["evidence"] = reading.evidence_line()
         pl_module.balancer.end_epoch(row["epoch"], reading, history)
         if trainer.is_global_zero:
             log.info(
-                "epoch %d reading: %s%s [%s]",
+                "epoch %d reading (%s): %s%s [%s]",
                 row["epoch"],
+                diagnostics.held_words(reading.held),
                 reading.advice,
                 f": {reading.override}" if reading.override else "",
                 row["evidence"],
@@ -155,18 +159,24 @@ class LossDynamics(L.Callback):
         folder = _run_folder(trainer)
         rows = [self.rows[e] for e in sorted(self.rows)]
         write_rows_csv(rows, folder / "loss_dynamics.csv")
-        plots.loss_dynamics(rows, folder / "loss_dynamics.png")
+        plots.loss_dynamics(rows, folder / "loss_dynamics.png", self.thresholds.patience)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
             console = Console()
             console.print(self.table())
-            last = self.rows[max(self.rows)]
-            console.print(
-                f"reading: {last['regime'].replace('_', ' ')}"
-                + (f" → {last['override']}" if last["override"] else "")
-                + f"\nevidence: {last.get('evidence') or '-'}"
-            )
+            console.print(self.final_reading())
+
+    def final_reading(self) -> str:
+        """The last epoch's regime, for how many consecutive epochs it held, the override and
+        the evidence (the slopes): the console's last words on a run."""
+        last = self.rows[max(self.rows)]
+        held = int(last.get("held") or 1)
+        return (
+            f"reading: {last['regime'].replace('_', ' ')}, {diagnostics.held_words(held)}"
+            + (f" → {last['override']}" if last["override"] else "")
+            + f"\nevidence: {last.get('evidence') or '-'}"
+        )
 
     def table(self) -> Table:
         table = Table(title="loss dynamics (train epoch means; val; contr = over its chance level)")
@@ -198,6 +208,7 @@ class LossDynamics(L.Callback):
             "epoch": last["epoch"],
             "regime": last["regime"],
             "advice": diagnostics.ADVICE[last["regime"]],
+            "held": int(last.get("held") or 1),
             "override": last["override"],
             "evidence": last.get("evidence", ""),
         }

@@ -105,12 +105,26 @@ class AspectConfusionMatrix(MulticlassConfusionMatrix):
             "pair_tp": present.diagonal(dim1=1, dim2=2).sum(dim=1),
         }
 
-    def class_counts(self) -> tuple[Tensor, Tensor]:
-        """Gold and predicted cells of each class, each ``(A, C)`` (class 0 = absent)."""
+    def _class_counts(self) -> tuple[Tensor, Tensor]:
         num_a, num_c = self.num_aspects, self.num_aspect_classes
         blocks = self.confmat.view(num_a, num_c, num_a, num_c).diagonal(dim1=0, dim2=2)
         blocks = blocks.permute(2, 0, 1)  # (A, gold C, predicted C)
         return blocks.sum(dim=2), blocks.sum(dim=1)
+
+    def class_counts(self) -> tuple[Tensor, Tensor]:
+        """Gold and predicted cells of each class, each ``(A, C)`` (class 0 = absent), summed
+        across processes like ``compute()`` (after ``compute()`` the states are local again)."""
+        return self._synced(self._class_counts)
+
+    def _synced(self, read: Any) -> Any:
+        """``read()`` on the states summed across processes (unless already synced)."""
+        already_synced = self._is_synced
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn,
+            should_sync=self.sync_on_compute and not already_synced,
+            should_unsync=not already_synced,
+        ):
+            return read()
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
         """Micro and macro aspect / pair F1 and polarity accuracy, as scalar tensors."""
@@ -129,13 +143,7 @@ class AspectConfusionMatrix(MulticlassConfusionMatrix):
 
         Synced across processes like ``compute()`` (unless the states are already synced).
         """
-        already_synced = self._is_synced
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn,
-            should_sync=self.sync_on_compute and not already_synced,
-            should_unsync=not already_synced,
-        ):
-            n = self._aspect_counts()
+        n = self._synced(self._aspect_counts)
         return {
             "aspect_precision": _safe_div(n["detected"], n["pred"]),
             "aspect_recall": _safe_div(n["detected"], n["gold"]),

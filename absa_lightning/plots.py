@@ -28,10 +28,12 @@ REGIME_COLOURS = {
 POLARITY_COLOURS = ["#1a9850", "#d73027", "#878787", "#7b3294", "#e08214"]
 
 
-def loss_dynamics(rows: list[dict], path: str | Path) -> None:
+def loss_dynamics(rows: list[dict], path: str | Path, patience: int = 1) -> None:
     """The curves the reading uses: focal, contrastive over its chance level (train solid, val
-    dashed) and val pair F1 by epoch; the regime read after each epoch as its background band."""
-    epochs = [r["epoch"] for r in rows]
+    dashed) and val pair F1 by epoch; the regime read after each epoch as its background band,
+    pale where it had not yet held `patience` consecutive epochs (what loss/balancer=rule
+    waits for)."""
+    epochs = [int(r["epoch"]) for r in rows]  # ints from the callback, strings from a csv
     panels = [
         ("focal loss", "focal", "val_focal"),
         ("contrastive / chance", "contrastive_norm", "val_contrastive_norm"),
@@ -39,9 +41,11 @@ def loss_dynamics(rows: list[dict], path: str | Path) -> None:
     ]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7), sharex=True)
     for ax, (title, train_key, val_key) in zip(axes, panels, strict=True):
-        for row in rows:
+        for epoch, row in zip(epochs, rows, strict=True):
             colour = REGIME_COLOURS.get(row["regime"], "#ffffff")
-            ax.axvspan(row["epoch"] - 0.5, row["epoch"] + 0.5, color=colour, lw=0)
+            held = int(row.get("held") or patience)
+            alpha = 1.0 if held >= patience else 0.4
+            ax.axvspan(epoch - 0.5, epoch + 0.5, color=colour, lw=0, alpha=alpha)
         ax.plot(
             epochs,
             [float(r.get(train_key, "nan")) for r in rows],
@@ -62,6 +66,12 @@ def loss_dynamics(rows: list[dict], path: str | Path) -> None:
         for name, c in REGIME_COLOURS.items()
         if any(r["regime"] == name for r in rows)
     ]
+    if patience > 1:
+        handles.append(
+            matplotlib.patches.Patch(
+                color="#bdbdbd", alpha=0.4, label=f"pale: held < {patience} epochs"
+            )
+        )
     fig.legend(
         handles=handles,
         loc="upper center",

@@ -7,15 +7,20 @@ train the row's recipe (common + dataset + row overrides), read it with `absa-ad
 the reading has an override, run `absa-advise --check` (same recipe and seed, override added).
 Reports, per run, the reading, its evidence, the override and the change in best val pair F1
 (test too, labelled), then the share of advice that raised val pair F1 and the share of rows
-with a constructed problem whose reading named it, against their targets; the thresholds used
-are the run's `diagnostics.*`. Runs are sequential (2 cores) under outputs/bench-advice/; with
-`--reuse`, a run folder holding a metrics.json is read instead of trained again.
-Writes benchmarks/results/advice.md and advice.json.
+with a constructed problem whose reading named it, against their targets (with the margins);
+the thresholds used are the run's `diagnostics.*`. Then, per dataset, `loss/balancer=rule`
+against static weights on one recipe and seed (`balancers` in advice.yaml). A dataset's files
+are found as train.py finds them (`data.root`, e.g. $ABSA_DATA_DIR, $ABSA_MAMS_DIR). Runs are
+sequential (2 cores) under outputs/bench-advice/; with `--reuse`, a run folder holding a
+metrics.json is read instead of trained again. Writes benchmarks/results/advice.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -150,42 +155,134 @@ def _reused_check(run: advise.RunReading, check_dir: Path) -> dict[str, Any]:
 
 def summarise(results: list[dict[str, Any]], settings: Any) -> Section:
     checked = [r for r in results if r.get("val_change") is not None]
-    raised = [r for r in checked if r["val_change"] > 0]
-    judged = [r for r in results if r["named"] is not None]
-    named_rows = [r for r in judged if r["named"]]
-    targets = []
-    if checked:
-        targets.append(
-            Target(
-                "advice that raised best val pair F1",
-                round(len(raised) / len(checked), 3),
-                ">=",
-                settings.targets.advice_raised_val_f1,
-                f"{len(raised)} of {len(checked)} overrides",
-            )
-        )
-    if judged:
-        targets.append(
-            Target(
-                "constructed problem named by the reading",
-                round(len(named_rows) / len(judged), 3),
-                ">=",
-                settings.targets.problem_named,
-                f"{len(named_rows)} of {len(judged)} rows",
-            )
-        )
+    advice_targets = advice_shares(results, settings)
     thresholds = diagnostics.Thresholds()
     return Section(
         title="Advice checked: each run's reading, its override, and what the override did",
         columns=COLUMNS,
         rows=results,
-        targets=targets,
+        targets=advice_targets,
         notes=[
             "val_change: best val pair F1 of the check run (same recipe and seed, override "
             "added) minus the run's; test_change: the same on test, for information.",
             f"thresholds (diagnostics.*): {thresholds}",
-            "the tiny model, 40 train / 10 val / 10 test batches, 6 epochs unless the row says "
-            "otherwise (benchmarks/advice.yaml); timings on a shared 2-core machine.",
+            "every run: " + " ".join(settings.common_overrides) + f", seed {settings.seed}, "
+            "plus the row's overrides (benchmarks/advice.yaml); timings on a shared 2-core "
+            "machine.",
+        ],
+        measurements={"checked": len(checked)},
+    )
+
+
+def margin_note(count: str, value: float, target: float) -> str:
+    return f"{count}; margin {value - target:+.3f}"
+
+
+def advice_shares(results: list[dict[str, Any]], settings: Any) -> list[Target]:
+    """The two targets: advice that raised val pair F1, constructed problems named."""
+    checked = [r for r in results if r.get("val_change") is not None]
+    raised = [r for r in checked if r["val_change"] > 0]
+    judged = [r for r in results if r.get("named") is not None]
+    named_rows = [r for r in judged if r["named"]]
+    targets = []
+    if checked:
+        share, needed = round(len(raised) / len(checked), 3), settings.targets.advice_raised_val_f1
+        targets.append(
+            Target(
+                "advice that raised best val pair F1",
+                share,
+                ">=",
+                needed,
+                margin_note(f"{len(raised)} of {len(checked)} overrides", share, needed),
+            )
+        )
+    if judged:
+        share, needed = round(len(named_rows) / len(judged), 3), settings.targets.problem_named
+        targets.append(
+            Target(
+                "constructed problem named by the reading",
+                share,
+                ">=",
+                needed,
+                margin_note(f"{len(named_rows)} of {len(judged)} rows", share, needed),
+            )
+        )
+    return targets
+
+
+BALANCER_COLUMNS = [
+    "dataset",
+    "balancer",
+    "best_val_pair_f1",
+    "test_pair_f1",
+    "final_weights",
+    "weight_changes",
+    "last_reading",
+    "minutes",
+]
+
+
+def run_balancer(dataset: str, balancer: str, settings: Any, reuse: bool) -> dict[str, Any]:
+    """One run of the comparison recipe with `loss/balancer=<balancer>`."""
+    data, recipe = settings.datasets[dataset], settings.balancers
+    overrides = merged(
+        settings.common_overrides,
+        [f"data={data.data}", *data.overrides],
+        recipe.overrides,
+        [f"loss/balancer={balancer}", f"seed={settings.seed}"],
+    )
+    folder = OUTPUT_ROOT / dataset / f"balancer_{balancer}"
+    same = [n for n, r in settings.rows.items() if list(r.overrides) == list(recipe.overrides)]
+    if balancer == "static" and same and (OUTPUT_ROOT / dataset / same[0] / "run").is_dir():
+        folder, reuse = OUTPUT_ROOT / dataset / same[0] / "run", True  # static is the default
+    minutes = train_run(overrides, folder, reuse)
+    val, test = advise._scores(folder)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    weights = metrics.get("effective_weights", {})
+    with open(folder / "loss_dynamics.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    used = [(r["focal_weight"], r["contrastive_weight"]) for r in rows]
+    changes = sum(a != b for a, b in itertools.pairwise(used))
+    return {
+        "dataset": dataset,
+        "balancer": balancer,
+        "best_val_pair_f1": val,
+        "test_pair_f1": test,
+        "final_weights": f"{weights.get('focal_weight')} / {weights.get('contrastive_weight')}",
+        "weight_changes": changes,
+        "last_reading": rows[-1]["regime"] if rows else "",
+        "minutes": round(minutes, 1),
+    }
+
+
+def compare_balancers(datasets: Sequence[str], settings: Any, reuse: bool) -> list[dict]:
+    """The comparison's runs on `datasets`, one row each (static, then rule)."""
+    results = []
+    for dataset in datasets:
+        for balancer in settings.balancers.choices:
+            print(f"== {dataset} / loss/balancer={balancer}", flush=True)
+            try:
+                results.append(run_balancer(dataset, balancer, settings, reuse))
+            except Exception as e:  # a failed run is a row of the report, not the end of it
+                print(f"  failed: {e}", flush=True)
+                results.append({"dataset": dataset, "balancer": balancer, "last_reading": str(e)})
+    return results
+
+
+def balancer_section(results: list[dict], settings: Any) -> Section:
+    return Section(
+        title="loss/balancer=rule against static weights (same recipe and seed)",
+        columns=BALANCER_COLUMNS,
+        rows=results,
+        notes=[
+            "recipe: every run's overrides"
+            + (
+                " plus " + " ".join(settings.balancers.overrides)
+                if settings.balancers.overrides
+                else ""
+            ),
+            "weight_changes: epochs after which the rule moved weight (loss_dynamics.csv); the "
+            "rule acts on a lag regime held diagnostics.patience epochs, then waits `window`.",
         ],
     )
 
@@ -210,11 +307,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = OmegaConf.load(SETTINGS)
     os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # the runs' and the checks' threads
     started = time.perf_counter()
-    results = []
-    for dataset in available(settings, args.datasets):
-        for name, row in settings.rows.items():
-            if args.only and name not in args.only:
-                continue
+    env = environment([settings.seed], quick=False)
+    env["mode"] = "advice"
+    results: list[dict[str, Any]] = []
+    balancers: list[dict[str, Any]] = []
+
+    def sections() -> list[Section]:
+        compared = [balancer_section(balancers, settings)] if balancers else []
+        return [summarise(results, settings), *compared]
+
+    datasets = available(settings, args.datasets)
+    # Row by row over the datasets, the results rewritten after each run: a benchmark cut
+    # short still reports the same rows on every dataset.
+    for name, row in settings.rows.items():
+        if args.only and name not in args.only:
+            continue
+        for dataset in datasets:
             print(f"== {dataset} / {name}: {row.label}", flush=True)
             try:
                 results.append(run_row(dataset, name, row, settings, args.reuse))
@@ -228,11 +336,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "reading": f"failed: {e}",
                     }
                 )
-    section = summarise(results, settings)
-    env = environment([settings.seed], quick=False)
-    env["mode"] = "advice"
-    md_path, _ = write_results([section], env, time.perf_counter() - started, args.name)
+            if list(row.overrides) == list(settings.balancers.overrides):
+                balancers.extend(compare_balancers([dataset], settings, args.reuse))
+            write_results(sections(), env, time.perf_counter() - started, args.name)
+    section = sections()[0]
+    md_path, _ = write_results(sections(), env, time.perf_counter() - started, args.name)
     print(md_path.read_text(encoding="utf-8"))
+    for target in section.targets:
+        verdict = "PASS" if target.passed else "FAIL"
+        print(
+            f"{target.name}: {target.value} {target.comparison} {target.target} ({verdict}; "
+            f"{target.note})"
+        )
 
 
 if __name__ == "__main__":

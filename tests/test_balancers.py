@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -35,7 +36,7 @@ def feed(balancer, history, first=0, thresholds=None):
     weights, rows = [], as_rows(history)
     for i, row in enumerate(rows[first:], start=first):
         recipe = dx.Recipe(*balancer.effective_weights())
-        reading = dx.read(
+        reading = dx.read_history(
             rows[: i + 1], recipe, thresholds or getattr(balancer, "thresholds", dx.Thresholds())
         )
         balancer.end_epoch(row["epoch"], reading, rows[: i + 1])
@@ -50,18 +51,20 @@ def test_static_is_the_weighted_sum():
     assert feed(balancer, FOCAL_FALLS)[-1] == pytest.approx((0.8, 0.2))
 
 
-def test_rule_moves_weight_to_the_lagging_loss_after_a_full_window():
+def test_rule_moves_weight_to_the_lagging_loss_after_patience_and_a_full_window():
     balancer = RuleBalancer(0.8, 0.2, step=0.1)
-    weights = feed(balancer, FOCAL_FALLS[:6])
-    # Epochs 0-1 too few; after epoch 2 the table says raise contrastive; then wait 3 epochs.
-    assert weights[:2] == [pytest.approx((0.8, 0.2))] * 2
-    assert weights[2] == pytest.approx((0.7, 0.3))
-    assert weights[3] == weights[4] == pytest.approx((0.7, 0.3))
-    assert weights[5] == pytest.approx((0.6, 0.4))
+    weights = feed(balancer, FOCAL_FALLS[:7])
+    # Epochs 0-1 too few; epoch 2 reads "raise contrastive" once, epoch 3 twice (patience 2):
+    # the rule acts; then it waits 3 epochs (window) before it acts again.
+    assert weights[:3] == [pytest.approx((0.8, 0.2))] * 3
+    assert weights[3] == pytest.approx((0.7, 0.3))
+    assert weights[4] == weights[5] == pytest.approx((0.7, 0.3))
+    assert weights[6] == pytest.approx((0.6, 0.4))
 
 
 def test_rule_raises_focal_when_contrastive_falls_alone():
-    weights = feed(RuleBalancer(0.8, 0.2, step=0.05), CONTRASTIVE_FALLS[:3])
+    weights = feed(RuleBalancer(0.8, 0.2, step=0.05), CONTRASTIVE_FALLS[:4])
+    assert weights[-2] == pytest.approx((0.8, 0.2))
     assert weights[-1] == pytest.approx((0.85, 0.15))
 
 
@@ -72,8 +75,8 @@ def test_rule_keeps_healthy_weights():
 def test_rule_stays_within_bounds_and_keeps_the_sum():
     balancer = RuleBalancer(0.6, 0.4, step=0.1, min_weight=0.1, max_weight=0.6)
     weights = feed(balancer, FOCAL_FALLS)
-    assert weights[2] == pytest.approx((0.5, 0.5))
-    assert weights[5] == pytest.approx((0.4, 0.6))
+    assert weights[3] == pytest.approx((0.5, 0.5))
+    assert weights[6] == pytest.approx((0.4, 0.6))
     assert weights[-1] == pytest.approx((0.4, 0.6))  # contrastive at max_weight: no more room
     balancer = RuleBalancer(0.5, 0.5, step=0.3, min_weight=0.3, max_weight=0.7)
     weights = feed(balancer, CONTRASTIVE_FALLS)
@@ -122,7 +125,8 @@ def test_rule_leaves_an_untrained_contrastive_loss_alone():
     balancer = RuleBalancer(1.0, 0.0, max_weight=1.0)
     rows = as_rows(FOCAL_FALLS[:6])
     for epoch in range(6):
-        balancer.end_epoch(epoch, dx.Reading(dx.CONTRASTIVE_LAGS), rows[: epoch + 1])
+        reading = dx.Reading(dx.CONTRASTIVE_LAGS, held=epoch + 1)
+        balancer.end_epoch(epoch, reading, rows[: epoch + 1])
     assert balancer.effective_weights() == pytest.approx((1.0, 0.0))
 
 
@@ -190,7 +194,43 @@ def test_dwa_gives_weight_to_the_loss_that_stopped_falling():
 
 def test_the_reading_and_the_rule_agree():
     """The rule applies exactly the override the LossDynamics callback prints."""
-    reading = dx.read(as_rows(FOCAL_FALLS[:3]))
+    reading = dx.read_history(as_rows(FOCAL_FALLS[:4]))
+    assert reading.held == 2
     balancer = RuleBalancer(0.8, 0.2)
-    feed(balancer, FOCAL_FALLS[:3])
+    feed(balancer, FOCAL_FALLS[:4])
     assert reading.override == dx.weight_override(*balancer.effective_weights())
+
+
+def noisy_lag_curves(seed: int, epochs: int = 16) -> list[tuple[float, float, float]]:
+    """Focal falling about as fast as flat_threshold (2% an epoch), contrastive flat, both with
+    2% noise: the single-epoch reading flips between "contrastive lags" and its neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    noise = 1 + 0.02 * torch.randn(epochs, 2, generator=g)
+    return [
+        (0.7 * 0.975**t * float(noise[t, 0]), 4.5 * float(noise[t, 1]), 0.5) for t in range(epochs)
+    ]
+
+
+def test_rule_acts_only_on_a_regime_held_patience_epochs_on_noisy_curves():
+    flips = changes_patience_1 = changes_patience_2 = 0
+    for seed in range(20):
+        history = noisy_lag_curves(seed)
+        rows = as_rows(history)
+        regimes = [dx.read(rows[: i + 1]).regime for i in range(len(rows))]
+        flips += sum(a != b for a, b in itertools.pairwise(regimes[2:]))
+        patient = feed(RuleBalancer(0.8, 0.2), history)
+        for epoch in range(1, len(patient)):
+            if patient[epoch] != patient[epoch - 1]:  # acted after `epoch`: on two readings
+                assert regimes[epoch] == regimes[epoch - 1], seed
+                assert regimes[epoch] in (dx.CONTRASTIVE_LAGS, dx.FOCAL_LAGS), seed
+        hasty = feed(RuleBalancer(0.8, 0.2, thresholds={"patience": 1}), history)
+        changes_patience_2 += sum(a != b for a, b in itertools.pairwise(patient))
+        changes_patience_1 += sum(a != b for a, b in itertools.pairwise(hasty))
+    assert flips > 0  # the curves do flip the reading: the test tests something
+    assert changes_patience_2 < changes_patience_1
+
+
+def test_held_counts_the_consecutive_epochs_of_the_last_regime():
+    rows = as_rows(FOCAL_FALLS[:6])
+    assert [dx.read_history(rows[: i + 1]).held for i in range(6)] == [1, 2, 1, 2, 3, 4]
+    assert dx.read_history(rows).regime == dx.CONTRASTIVE_LAGS

@@ -68,7 +68,7 @@ CASES = {
     ),
     "neither falls": (dict(focal=flat(0.7), contrastive=flat(1.0), f1=flat(0.3)), dx.STALLED),
     "both rise": (
-        dict(focal=decay(0.5, -0.1), contrastive=decay(0.9, -0.05), f1=flat(0.3)),
+        dict(focal=decay(0.5, -0.15), contrastive=decay(0.9, -0.05), f1=flat(0.3)),
         dx.STALLED,
     ),
     "both flat at a low level, F1 flat": (
@@ -151,7 +151,7 @@ def test_overrides_are_runnable_hydra_overrides():
     assert under.override == "trainer.max_epochs=120"
     over = dx.read(rows(**CASES["train falls, val rises, F1 peaked"][0]), recipe)
     assert over.override == "optimizer.lr=0.0005 model.encoder_lr=0.001"
-    # Stalled: a loss that rose is an lr too high; one that never moved, too low.
+    # Stalled: a loss that jumped is an lr too high; one that never moved, too low.
     rose = dx.read(rows(**CASES["both rise"][0]), recipe)
     assert rose.override == "optimizer.lr=0.0001 model.encoder_lr=0.0002"
     still = dx.read(rows(**CASES["flat at the starting level"][0]), recipe)
@@ -191,6 +191,67 @@ def test_collapse_comes_first_and_names_the_heads():
     # Three heads of four are below collapse_aspects (0.8): the curves decide.
     three = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C"], aspects_with_gold=4)
     assert three.regime == dx.HEALTHY
+
+
+def test_a_jump_tells_a_learning_rate_too_high_from_one_too_low():
+    """lr far too high: a loss jumps (> loss_jump, 10%, in an epoch); far too low: the curves
+    move by their noise only (a few percent at chance level), which is not a jump."""
+    recipe = dx.Recipe(lr=1e-3, encoder_lr=1e-3, max_epochs=60)
+    too_low = rows(
+        focal=[0.803, 0.8026, 0.8033, 0.7971],
+        contrastive=[1.135, 1.186, 1.167, 1.187],  # +4.5%: noise around chance
+        f1=flat(0.15, 4),
+    )
+    reading = dx.read(too_low, recipe)
+    assert (reading.regime, reading.evidence["loss_jumped"]) == (dx.STALLED, False)
+    assert reading.override == "optimizer.lr=0.003 model.encoder_lr=0.003"
+    too_high = rows(focal=[11.7, 371.0, 127.8, 42.3], contrastive=flat(1.1, 4), f1=flat(0.0, 4))
+    heads = [f"A{i}" for i in range(9)]
+    collapsed = dx.read(too_high, recipe, troubled_aspects=heads, aspects_with_gold=9)
+    assert (collapsed.regime, collapsed.evidence["loss_jumped"]) == (dx.COLLAPSE, True)
+    assert collapsed.override == "optimizer.lr=0.0001 model.encoder_lr=0.0001"
+    strict = dx.Thresholds(loss_jump=0.02)
+    assert (
+        dx.read(too_low, recipe, strict).override == "optimizer.lr=0.0001 model.encoder_lr=0.0001"
+    )
+
+
+def test_a_focal_loss_above_a_uniform_guess_is_a_learning_rate_too_high():
+    """lr 1.0 on UIT-ViSFD (the advice benchmark): the focal loss blew up within the first
+    epoch (14.0, then 10.9, 5.1, 2.5, 0.94): it only fell from there, nothing jumped between
+    epochs, but a uniform guess scores 0.78."""
+    uniform = dx.uniform_focal(4, 2.0)
+    assert uniform == pytest.approx(0.75**2 * math.log(4))
+    probs = torch.full((1, 4), 0.25)
+    naive = -((1 - probs[0, 1]) ** 2) * torch.log(probs[0, 1])  # any target: every class 1/4
+    assert uniform == pytest.approx(float(naive))
+    blew_up = rows(
+        focal=[13.96, 10.95, 5.13, 2.55, 0.94], contrastive=flat(1.0, 5), f1=flat(0.2, 5)
+    )
+    heads = [f"A{i}" for i in range(10)]
+    recipe = dx.Recipe(lr=1.0, encoder_lr=1.0, max_epochs=5, focal_uniform=uniform)
+    reading = dx.read(blew_up, recipe, troubled_aspects=heads, aspects_with_gold=10)
+    assert reading.regime == dx.COLLAPSE and reading.evidence["focal_above_uniform_guess"]
+    assert reading.override == "optimizer.lr=0.1 model.encoder_lr=0.1"
+    unknown = dx.Recipe(lr=1.0, encoder_lr=1.0, max_epochs=5)  # class weights set, or no config
+    assert dx.read(blew_up, unknown, troubled_aspects=heads, aspects_with_gold=10).override == (
+        "loss.focal.alpha=inverse_frequency"
+    )
+
+
+def test_a_memorising_run_whose_training_loss_holds_is_over_fitting():
+    """16 comments, many epochs: train focal barely moves (-1%/epoch, "flat") while val focal
+    rises 7%/epoch; a val loss rising less than flat_threshold with training flat is noise."""
+    memorising = rows(
+        focal=[0.19, 0.182, 0.177, 0.179],
+        contrastive=flat(1.0, 4),
+        f1=[0.13, 0.12, 0.11, 0.115],
+        val_focal=[0.47, 0.50, 0.53, 0.56],
+        val_contrastive=flat(1.0, 4),
+    )
+    assert dx.read(memorising, MID_RUN).regime == dx.OVER_FITTING
+    noise = [dict(r, val_focal=0.5 * (1 + 0.015 * i)) for i, r in enumerate(memorising)]
+    assert dx.read(noise, MID_RUN).regime != dx.OVER_FITTING
 
 
 def test_collapsed_heads_from_class_counts():
@@ -267,6 +328,9 @@ def test_suggested_weights_follow_the_table():
         ("converged_drop", 1.0),
         ("collapse_share", 0),
         ("collapse_aspects", 1.5),
+        ("patience", 0),
+        ("loss_jump", 0),
+        ("patience", 1.5),
     ],
 )
 def test_bad_thresholds_name_the_key(field, value):

@@ -70,7 +70,8 @@ def test_run_folder_holds_the_dynamics_and_the_pictures(rule_run):
 
 def recipe_of(rows_so_far, lr=1e-3):
     last = rows_so_far[-1]
-    return dx.Recipe(float(last["focal_weight"]), float(last["contrastive_weight"]), lr, lr, EPOCHS)
+    weights = float(last["focal_weight"]), float(last["contrastive_weight"])
+    return dx.Recipe(*weights, lr, lr, EPOCHS, focal_uniform=dx.uniform_focal(4, 2.0))
 
 
 def test_dynamics_are_the_logged_epoch_means_and_the_readings(rule_run):
@@ -93,11 +94,10 @@ def test_dynamics_are_the_logged_epoch_means_and_the_readings(rule_run):
         assert 0.5 < float(row["contrastive_norm"]) < 1.2
         assert 0.5 < float(row["val_contrastive_norm"]) < 1.2
         history = rows[: i + 1]
-        troubled = [a for a in row["collapsed"].split(";") if a]
-        expected = dx.read(
-            history, recipe_of(history), thresholds, troubled, int(row["aspects_with_gold"])
-        )
+        expected = dx.read_history(history, recipe_of(history), thresholds)
         assert (row["regime"], row["override"]) == (expected.regime, expected.override)
+        held = 1 + (int(rows[i - 1]["held"]) if i and rows[i - 1]["regime"] == row["regime"] else 0)
+        assert int(row["held"]) == expected.held == held
         assert row["evidence"] == expected.evidence_line()
 
 
@@ -109,7 +109,8 @@ def test_rule_balancer_acted_on_the_readings_between_epochs(rule_run):
     for i, row in enumerate(rows):
         used = (float(row["focal_weight"]), float(row["contrastive_weight"]))
         assert used == pytest.approx(replay.effective_weights())
-        replay.end_epoch(int(row["epoch"]), dx.Reading(row["regime"]), rows[: i + 1])
+        reading = dx.Reading(row["regime"], held=int(row["held"]))
+        replay.end_epoch(int(row["epoch"]), reading, rows[: i + 1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     final = metrics["effective_weights"]
     assert (final["focal_weight"], final["contrastive_weight"]) == pytest.approx(
@@ -141,7 +142,9 @@ def test_console_table_at_the_end_of_training(rule_run):
     columns = ("epoch", "focal", "contr", "val focal", "val contr", "pair F1", "status")
     assert [w for w in columns if w not in header] == []
     last = read_csv(run_dir / "loss_dynamics.csv")[-1]
-    assert f"reading: {last['regime'].replace('_', ' ')}" in stdout
+    held = int(last["held"])
+    words = dx.held_words(held)
+    assert f"reading: {last['regime'].replace('_', ' ')}, {words}" in " ".join(stdout.split())
     # The evidence: the slopes the reading used (rich may wrap the line).
     assert "evidence: focal_slope=" in stdout
 
@@ -203,6 +206,36 @@ def test_loss_dynamics_state_comes_back_from_a_checkpoint():
     console.print(restored.table())
     text = console.export_text()
     assert "warming up" in text and "0.3000" in text and "0.9500" in text
+
+
+def test_collapse_counts_are_summed_across_processes_after_compute():
+    """Under DDP each process holds its own share of the validation cells: LossDynamics's
+    collapse test must read them all. The other process's confmat comes in through the
+    metric's own sync (dist_sync_fn), as torch.distributed's all-gather would bring it."""
+    from absa_lightning.metrics import AspectConfusionMatrix
+
+    g = torch.Generator().manual_seed(0)
+    mine = torch.randint(0, 4, (2, 8, 3), generator=g)  # (preds|target, comments, aspects)
+    theirs = torch.randint(0, 4, (2, 8, 3), generator=g)
+    other = AspectConfusionMatrix(3)
+    other.update(theirs[0], theirs[1])
+
+    def all_gather(tensor, group=None):
+        return [tensor, other.confmat.clone()]
+
+    metric = AspectConfusionMatrix(
+        3, dist_sync_fn=all_gather, distributed_available_fn=lambda: True
+    )
+    metric.update(mine[0], mine[1])
+    whole = AspectConfusionMatrix(3)
+    whole.update(torch.cat([mine[0], theirs[0]]), torch.cat([mine[1], theirs[1]]))
+
+    metric.compute()  # syncs, then leaves the local states again (as the module does)
+    for synced, expected in zip(metric.class_counts(), whole.class_counts(), strict=True):
+        assert torch.equal(synced, expected)
+    gold, _ = metric.class_counts()
+    assert int(gold.sum()) == 16 * 3  # every cell of both processes, once
+    assert int(metric.confmat.sum()) == 8 * 3  # and the states are local again
 
 
 def naive_scores(z: torch.Tensor, aspects: list[int], polarities: list[int]) -> dict:
@@ -281,3 +314,25 @@ def test_measuring_the_embedding_space_leaves_training_unchanged(small_visfd: Pa
     plain = train(compose_train([*base, "~callbacks.embedding_space"], tmp_path / "b"))
     assert measured["test"] == plain["test"]
     assert measured["final_losses"] == plain["final_losses"]
+
+
+def test_the_picture_draws_rows_read_back_from_a_csv(tmp_path):
+    """absa-advise and the tests read loss_dynamics.csv: every cell a string."""
+    from absa_lightning import plots
+
+    rows = [
+        {
+            "epoch": str(e),
+            "focal": str(0.5 - 0.05 * e),
+            "contrastive_norm": "0.9",
+            "val_focal": "0.45",
+            "val_contrastive_norm": "0.95",
+            "val_pair_f1": str(0.2 + 0.1 * e),
+            "contrastive_weight": "0.2",
+            "regime": dx.WARMING_UP if e < 2 else dx.UNDER_TRAINING,
+            "held": str(e + 1 if e < 2 else e - 1),
+        }
+        for e in range(5)
+    ]
+    plots.loss_dynamics(rows, tmp_path / "loss_dynamics.png", patience=2)
+    assert (tmp_path / "loss_dynamics.png").read_bytes()[:8] == PNG
