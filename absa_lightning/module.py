@@ -23,7 +23,7 @@ from absa_lightning.models import (
     encoder_from_spec,
     encoder_spec,
 )
-from absa_lightning.models.network import valid_ngram_settings
+from absa_lightning.models.ngrams import valid_ngram_settings
 from absa_lightning.report import LOSS_KEYS
 from absa_lightning.thresholds import aspect_thresholds, decode
 

@@ -47,7 +47,7 @@ from absa_lightning.data.preprocess import build_preprocess, preprocess_spec
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet, HashedNgramBranch
 from absa_lightning.models.encoder import without_pooler
-from absa_lightning.models.network import valid_ngram_settings
+from absa_lightning.models.ngrams import valid_ngram_settings
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.thresholds import Threshold, aspect_thresholds, decode
 

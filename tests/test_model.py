@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -186,3 +188,17 @@ def test_build_sets_the_bias_from_the_training_split(small_visfd: Path, tmp_path
     torch.testing.assert_close(model.net.classifier_bias.detach().softmax(dim=-1), priors)
     # What rebuilds the network: the bias itself is a weight, in the checkpoint's state.
     assert not {"prior_bias_init", "class_priors"} & set(model.hparams.head)
+
+
+def test_models_import_neither_the_data_nor_lightning_nor_hydra() -> None:
+    """The import graph runs module -> models -> torch/transformers: models/ never reaches up
+    into data/ (the n-gram hashing is handed to the tokenise path, as the tokenizer is)."""
+    code = (
+        "import sys, absa_lightning.models; "
+        "print(sorted({m.split('.')[0] if not m.startswith('absa_lightning') else m "
+        "for m in sys.modules if m.startswith(('absa_lightning.data', 'lightning', 'hydra'))}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

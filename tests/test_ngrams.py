@@ -20,9 +20,10 @@ from conftest import CONF_DIR, QUIET, TINY, compose_train
 from omegaconf import OmegaConf, open_dict
 
 from absa_lightning import AspectSentimentPredictor
-from absa_lightning.data.batching import NgramHashing, pad_ngram_ids
+from absa_lightning.data.batching import pad_ngram_ids
 from absa_lightning.errors import AbsaUserError
 from absa_lightning.models import AspectSentimentNet, HashedNgramBranch, scratch_bert
+from absa_lightning.models.ngrams import NgramHashing
 from absa_lightning.module import AspectSentimentModule
 from absa_lightning.train import build
 
@@ -37,7 +38,7 @@ def test_ids_are_stable_across_processes() -> None:
     hashing = NgramHashing(buckets=1000)
     assert hashing(KNOWN).tolist() == KNOWN_IDS
     script = (
-        "from absa_lightning.data.batching import NgramHashing;"
+        "from absa_lightning.models.ngrams import NgramHashing;"
         f"print(NgramHashing(buckets=1000)({KNOWN!r}).tolist())"
     )
     for salt in ("1", "2"):  # Python's str hash would differ between these

@@ -1,8 +1,8 @@
 """Tokenising and batching, the one source for training, prediction and pre-training: texts to
 token ids cut to `max_length` (`tokenize`), with the hashed n-gram ids of the n-gram branch when
-asked (`NgramHashing`), comments of similar length together (`LengthBucketBatchSampler` in
-training, `length_sorted_batches` in prediction), and padding a batch of token ids
-(`pad_batch`) or of n-gram ids (`pad_ngram_ids`).
+asked (`models.ngrams.NgramHashing`, handed in as the tokenizer is), comments of similar length
+together (`LengthBucketBatchSampler` in training, `length_sorted_batches` in prediction), and
+padding a batch of token ids (`pad_batch`) or of n-gram ids (`pad_ngram_ids`).
 
 A batch is padded to its longest comment, so its cost follows that comment. UIT-ViSFD's
 comments run from a few tokens to `max_length`; random batches of 32 almost always hold one
@@ -12,12 +12,9 @@ length-sorted pools pad little. `benchmarks/speed.py` measures the difference.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -25,71 +22,6 @@ from torch.utils.data import BatchSampler, Sampler
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-_WORD = re.compile(r"\w+")
-
-
-@dataclass(frozen=True)
-class NgramHashing:
-    """A text's word and character n-grams, hashed into ids 1..`buckets` (0 is padding): the
-    features of a linear bag-of-n-grams model (fastText; the TF-IDF + SVM baseline's words and
-    `char_wb` n-grams), for the n-gram branch (`models.network.HashedNgramBranch`).
-
-    Words are the `\\w+` runs of the text, NFC-normalised and lower-cased. Word n-grams of each
-    order in `word_orders` (joined by a space); character n-grams of each order in
-    `char_orders`, taken inside each word with fastText's boundary markers (`<màn>`: `<m`,
-    `mà`, ..., `n>`). The first `max_words` words are read (the encoder reads `max_length`
-    tokens; a cap keeps a very long comment's batch, (B, n-grams, A*C), in memory). Each
-    n-gram is hashed with CRC-32 of its UTF-8 bytes, a kind prefix (`w`/`c`) keeping a
-    one-letter word apart from a character unigram: the same id in every process and on every
-    machine (Python's `hash` of a str is salted per process). An n-gram that occurs twice
-    counts twice.
-    """
-
-    buckets: int = 262144
-    word_orders: tuple[int, ...] = (1, 2)
-    char_orders: tuple[int, ...] = (2, 3, 4, 5)
-    max_words: int = 256
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "word_orders", tuple(self.word_orders))
-        object.__setattr__(self, "char_orders", tuple(self.char_orders))
-        if self.buckets < 1:
-            raise ValueError(f"model.ngrams.buckets must be >= 1, got {self.buckets}")
-        if self.max_words < 1:
-            raise ValueError(f"model.ngrams.max_words must be >= 1, got {self.max_words}")
-        orders = (*self.word_orders, *self.char_orders)
-        if not orders or min(orders) < 1:
-            raise ValueError(
-                "model.ngrams.word_orders and char_orders: orders >= 1, at least one of them"
-            )
-
-    def spec(self) -> dict[str, Any]:
-        """Plain data that rebuilds this hashing (checkpoints, exported models)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def ngrams(self, text: str) -> list[str]:
-        """The text's n-grams as hashed: `w` + words joined by a space, `c` + characters."""
-        words = _WORD.findall(unicodedata.normalize("NFC", text).lower())[: self.max_words]
-        grams = [
-            "w" + " ".join(words[i : i + n])
-            for n in self.word_orders
-            for i in range(len(words) - n + 1)
-        ]
-        for word in words:
-            marked = f"<{word}>"
-            grams.extend(
-                "c" + marked[i : i + n]
-                for n in self.char_orders
-                for i in range(len(marked) - n + 1)
-            )
-        return grams
-
-    def __call__(self, text: str) -> torch.Tensor:
-        """(n,) the text's n-gram ids, in 1..buckets."""
-        ids = [zlib.crc32(g.encode("utf-8")) % self.buckets + 1 for g in self.ngrams(text)]
-        return torch.tensor(ids, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -105,7 +37,7 @@ def tokenize(
     texts: Sequence[str],
     max_length: int,
     special_tokens_mask: bool = False,
-    ngrams: NgramHashing | None = None,
+    ngrams: Callable[[str], torch.Tensor] | None = None,
 ) -> TokenizedTexts:
     """Each text's token ids, cut to `max_length` as the tokenizer cuts (keeping its closing
     special token), and which texts were cut; with `ngrams`, each text's hashed n-gram ids."""

@@ -16,7 +16,6 @@ from transformers import PreTrainedTokenizerBase
 
 from absa_lightning.data.batching import (
     LengthBucketBatchSampler,
-    NgramHashing,
     pad_batch,
     pad_ngram_ids,
     tokenize,
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 Reader = Callable[..., list[Example]]  # (path, polarities, on_error) -> examples
+NgramIds = Callable[[str], torch.Tensor]  # a text's hashed n-gram ids (models.ngrams.NgramHashing)
 
 
 class AspectSentimentDataset(Dataset):
@@ -48,7 +48,7 @@ class AspectSentimentDataset(Dataset):
         self,
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
-        ngrams: NgramHashing | None = None,
+        ngrams: NgramIds | None = None,
     ) -> None:
         tokenized = tokenize(tokenizer, self.texts, max_length, ngrams=ngrams)
         self.token_ids, self.ngram_ids = tokenized.token_ids, tokenized.ngram_ids
@@ -169,7 +169,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
             raise ValueError(f"data.train_subset must be >= 1 or null, got {train_subset}")
         self.train_subset, self.train_subset_seed = train_subset, train_subset_seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.ngrams: NgramHashing | None = None
+        self.ngrams: NgramIds | None = None
         self._examples: dict[str, list[Example]] = {}
         self.datasets: dict[str, AspectSentimentDataset] = {}
 
@@ -188,7 +188,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
                 self.datasets[split] = self._to_dataset(split, self._split_examples(split))
 
     def set_tokenizer(
-        self, tokenizer: PreTrainedTokenizerBase, ngrams: NgramHashing | None = None
+        self, tokenizer: PreTrainedTokenizerBase, ngrams: NgramIds | None = None
     ) -> None:
         self.tokenizer, self.ngrams = tokenizer, ngrams
         for dataset in self.datasets.values():

@@ -4,16 +4,14 @@ and, when configured, a wide linear branch over hashed n-grams added to the logi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from absa_lightning.data.batching import NgramHashing
-
-NGRAM_MODES = ("mean", "sum")
+from absa_lightning.models.ngrams import HashedNgramBranch, NgramHashing
 
 
 class AspectOutputs(NamedTuple):
@@ -58,89 +56,6 @@ def class_priors(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     class keeps a finite log-prior)."""
     counts = F.one_hot(labels, num_classes).sum(dim=0).float() + 1.0  # (A, C)
     return counts / counts.sum(dim=-1, keepdim=True)
-
-
-class HashedNgramBranch(nn.Module):
-    """A linear model over the comment's hashed word and character n-grams (fastText's bag of
-    n-grams; the features the TF-IDF + SVM baseline has): (B, M) n-gram ids -> (B, A, C) logits,
-    which `AspectSentimentNet` adds to its own. Zero-initialised, so it starts neutral.
-
-    One row of A*C weights per bucket (`NgramHashing`, id 0 = padding, skipped): a comment's
-    logits are the `mode` (mean or sum) of its n-grams' rows, `nn.EmbeddingBag`'s reduction
-    written out as a lookup and a masked sum: ONNX has no bag operator, and the exporter
-    turns `EmbeddingBag` into a Loop over the comments. The regularisers play the SVM's C:
-    `dropout` drops each n-gram of a training comment with that probability, and the branch's
-    weights train with their own `lr` and `weight_decay` (`parameter_group`).
-    """
-
-    def __init__(
-        self,
-        num_aspects: int,
-        num_classes: int,
-        buckets: int = 262144,
-        word_orders: Sequence[int] = (1, 2),
-        char_orders: Sequence[int] = (2, 3, 4, 5),
-        max_words: int = 256,
-        mode: str = "mean",
-        dropout: float = 0.1,
-        lr: float = 3.0e-2,
-        weight_decay: float = 0.0,
-    ):
-        super().__init__()
-        if mode not in NGRAM_MODES:
-            raise ValueError(f"model.ngrams.mode must be one of {list(NGRAM_MODES)}, got {mode!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"model.ngrams.dropout must be in [0, 1), got {dropout}")
-        self.hashing = NgramHashing(buckets, tuple(word_orders), tuple(char_orders), max_words)
-        self.num_aspects, self.num_classes = num_aspects, num_classes
-        self.mode, self.dropout = mode, dropout
-        self.lr, self.weight_decay = lr, weight_decay
-        self.weight = nn.Parameter(torch.zeros(buckets + 1, num_aspects * num_classes))
-
-    @property
-    def settings(self) -> dict:
-        """Plain data that rebuilds the branch, with the aspects and classes (checkpoints)."""
-        return {
-            **self.hashing.spec(),
-            "mode": self.mode,
-            "dropout": self.dropout,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-        }
-
-    def parameter_group(self) -> dict:
-        return {"params": list(self.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}
-
-    def forward(self, ngram_ids: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            kept = torch.rand(ngram_ids.shape, device=ngram_ids.device) >= self.dropout
-            ngram_ids = ngram_ids * kept  # a dropped n-gram becomes padding: out of the mean
-        present = (ngram_ids != 0).unsqueeze(-1)  # (B, M, 1)
-        bag = (F.embedding(ngram_ids, self.weight) * present).sum(dim=1)  # (B, A*C)
-        if self.mode == "mean":  # over the comment's n-grams; none: zero logits
-            bag = bag / present.sum(dim=1).clamp(min=1)
-        return bag.view(-1, self.num_aspects, self.num_classes)
-
-
-def valid_ngram_settings(settings: Any) -> bool:
-    """Whether a model file's `ngrams` field is `HashedNgramBranch.settings`: exactly its keys,
-    numbers, lists of integer orders, a known mode (checked before anything is built)."""
-    integers, numbers = {"buckets", "max_words"}, {"dropout", "lr", "weight_decay"}
-    orders = {"word_orders", "char_orders"}
-    if not isinstance(settings, dict) or set(settings) != {*integers, *numbers, *orders, "mode"}:
-        return False
-
-    def integer(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    return (
-        all(integer(settings[k]) for k in integers)
-        and all(integer(settings[k]) or isinstance(settings[k], float) for k in numbers)
-        and all(
-            isinstance(settings[k], list) and all(integer(n) for n in settings[k]) for k in orders
-        )
-        and settings["mode"] in NGRAM_MODES
-    )
 
 
 class AspectSentimentNet(nn.Module):
