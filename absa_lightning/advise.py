@@ -45,6 +45,21 @@ def _config(run_dir: Path) -> dict[str, Any] | None:
     return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None  # type: ignore[return-value]
 
 
+def _epochs_given(rows: list[dict[str, str]], run_dir: Path) -> int:
+    """The epochs the run was given (its config may hold null: `training_length`): the
+    callback's `max_epochs` column, else the resolved config in metrics.json, else the epochs
+    recorded so far (a run from before the column, unfinished)."""
+    recorded = rows[-1].get("max_epochs")
+    if recorded:
+        return int(float(recorded))
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        trainer = json.loads(path.read_text(encoding="utf-8")).get("config", {}).get("trainer", {})
+        if trainer.get("max_epochs") is not None:
+            return int(trainer["max_epochs"])
+    return len(rows)
+
+
 def _scores(run_dir: Path) -> tuple[float | None, float | None]:
     """Best val pair F1 (the best checkpoint's validation) and its test pair F1."""
     path = run_dir / "metrics.json"
@@ -76,7 +91,9 @@ def read_run(run_dir: str | Path) -> RunReading:
     recipe, thresholds = diagnostics.Recipe(), diagnostics.Thresholds()
     if cfg is not None:
         step = cfg.get("callbacks", {}).get("loss_dynamics", {}) or {}
-        recipe = diagnostics.Recipe.from_config(cfg, step.get("suggestion_step", 0.1))
+        recipe = diagnostics.Recipe.from_config(
+            cfg, step.get("suggestion_step", 0.1), _epochs_given(rows, run_dir)
+        )
         try:
             thresholds = diagnostics.Thresholds(**(cfg.get("diagnostics") or {}))
         except (TypeError, ValueError) as e:

@@ -33,6 +33,7 @@ DYNAMICS_COLUMNS = (
     "val_pair_f1",
     "focal_weight",
     "contrastive_weight",
+    "max_epochs",
     "collapsed",
     "aspects_with_gold",
     "regime",
@@ -122,6 +123,9 @@ class LossDynamics(L.Callback):
             row[column] = float(metrics[key]) if key in metrics else float("nan")
         # The weights in effect this epoch: the balancer updates from this reading.
         row["focal_weight"], row["contrastive_weight"] = pl_module.balancer.effective_weights()
+        # The epochs this run was given: with trainer.max_epochs null (training_length), the
+        # config on disk does not say; absa-advise reads it here.
+        row["max_epochs"] = trainer.max_epochs
         troubled: list[str] = []
         counts = getattr(pl_module, "val_class_counts", None)
         if counts is not None:

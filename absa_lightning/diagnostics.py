@@ -164,16 +164,24 @@ class Recipe:
     focal_uniform: float | None = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], weight_step: float = 0.1) -> Recipe:
-        """From a train.yaml config (a dict or DictConfig), as `.hydra/config.yaml` holds it."""
+    def from_config(
+        cls, cfg: Mapping[str, Any], weight_step: float = 0.1, max_epochs: int | None = None
+    ) -> Recipe:
+        """From a train.yaml config (a dict or DictConfig), as `.hydra/config.yaml` holds it.
+        `max_epochs`: the epochs the run was given, where the config's is null (the default:
+        `training_length` sets it from the data when training starts)."""
         alpha = cfg["loss"]["focal"].get("alpha")
+        configured = cfg["trainer"].get("max_epochs")
+        epochs = int(configured) if configured is not None else max_epochs
+        if epochs is None:
+            raise ValueError("trainer.max_epochs is null and the epochs given are not known")
         polarities = cfg["data"].get("polarities")
         return cls(
             focal_weight=float(cfg["loss"]["focal_weight"]),
             contrastive_weight=float(cfg["loss"]["contrastive_weight"]),
             lr=float(cfg["optimizer"]["lr"]),
             encoder_lr=float(cfg["model"]["encoder_lr"]),
-            max_epochs=int(cfg["trainer"]["max_epochs"]),
+            max_epochs=epochs,
             focal_alpha=alpha,
             weight_step=weight_step,
             focal_uniform=None

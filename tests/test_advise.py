@@ -62,6 +62,20 @@ def test_advise_prints_the_reading_evidence_and_override(tmp_path, capsys):
     assert "override: trainer.max_epochs=8" in out
 
 
+def test_a_default_run_whose_config_leaves_max_epochs_null_is_read(tmp_path, capsys):
+    """The default recipe's trainer.max_epochs is null (training_length sets it when training
+    starts): the epochs given come from loss_dynamics.csv, else from metrics.json's config."""
+    rows = [{**row, "max_epochs": 5} for row in rising_f1_rows()]
+    run = write_run(tmp_path / "run", rows, ["seed=7"])
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.max_epochs is None
+    assert advise.main([str(run)]) == 0
+    assert "override: trainer.max_epochs=10" in capsys.readouterr().out
+
+    older = write_run(tmp_path / "older", rising_f1_rows(), ["seed=7"])  # no max_epochs column
+    (older / "metrics.json").write_text(json.dumps({"config": {"trainer": {"max_epochs": 6}}}))
+    assert advise.read_run(older).reading.override == "trainer.max_epochs=12"
+
+
 def test_check_replaces_the_advised_keys_and_keeps_the_seed(tmp_path):
     run = write_run(tmp_path / "run", rising_f1_rows(), [*TINY, "trainer.max_epochs=4", "seed=7"])
     overrides, _ = advise.check_overrides(run, "trainer.max_epochs=8")
