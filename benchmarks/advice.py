@@ -174,40 +174,31 @@ def summarise(results: list[dict[str, Any]], settings: Any) -> Section:
     )
 
 
-def margin_note(count: str, value: float, target: float) -> str:
-    return f"{count}; margin {value - target:+.3f}"
-
-
 def advice_shares(results: list[dict[str, Any]], settings: Any) -> list[Target]:
     """The two targets: advice that raised val pair F1, constructed problems named."""
     checked = [r for r in results if r.get("val_change") is not None]
-    raised = [r for r in checked if r["val_change"] > 0]
     judged = [r for r in results if r.get("named") is not None]
-    named_rows = [r for r in judged if r["named"]]
-    targets = []
-    if checked:
-        share, needed = round(len(raised) / len(checked), 3), settings.targets.advice_raised_val_f1
-        targets.append(
-            Target(
-                "advice that raised best val pair F1",
-                share,
-                ">=",
-                needed,
-                margin_note(f"{len(raised)} of {len(checked)} overrides", share, needed),
-            )
-        )
-    if judged:
-        share, needed = round(len(named_rows) / len(judged), 3), settings.targets.problem_named
-        targets.append(
-            Target(
-                "constructed problem named by the reading",
-                share,
-                ">=",
-                needed,
-                margin_note(f"{len(named_rows)} of {len(judged)} rows", share, needed),
-            )
-        )
-    return targets
+    shares = [
+        (
+            "advice that raised best val pair F1",
+            sum(r["val_change"] > 0 for r in checked),
+            len(checked),
+            "overrides",
+            settings.targets.advice_raised_val_f1,
+        ),
+        (
+            "constructed problem named by the reading",
+            sum(bool(r["named"]) for r in judged),
+            len(judged),
+            "rows",
+            settings.targets.problem_named,
+        ),
+    ]
+    return [
+        Target(name, round(hits / total, 3), ">=", needed, f"{hits} of {total} {unit}")
+        for name, hits, total, unit, needed in shares
+        if total
+    ]
 
 
 BALANCER_COLUMNS = [

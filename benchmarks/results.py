@@ -85,8 +85,13 @@ class Target:
     def passed(self) -> bool:
         return COMPARISONS[self.comparison](self.value, self.target)
 
+    @property
+    def margin(self) -> float:
+        """How far past the target the value lies (negative: short of it)."""
+        return self.target - self.value if self.comparison == "<=" else self.value - self.target
+
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "passed": self.passed}
+        return {**dataclasses.asdict(self), "passed": self.passed, "margin": self.margin}
 
 
 @dataclass
@@ -179,12 +184,13 @@ def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> st
 
 
 def targets_table(targets: Sequence[Target]) -> str:
-    columns = ["target", "value", "needed", "result", "note"]
+    columns = ["target", "value", "needed", "margin", "result", "note"]
     rows = [
         {
             "target": t.name,
             "value": t.value,
             "needed": f"{t.comparison} {format_cell(t.target)}",
+            "margin": f"{t.margin:+.3f}",
             "result": "PASS" if t.passed else "MISS",
             "note": t.note,
         }
