@@ -42,10 +42,10 @@ test: ## The whole test suite, slow tests included (a few minutes on 2 cores)
 test-fast: ## The tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-bench: ## The benchmark: SVM baseline, 4 recipes x 3 seeds on UIT-ViSFD and MAMS, speed -> benchmarks/results/bench.md (hours)
+bench: ## The benchmark: SVM baseline, the recipes x 3 seeds on UIT-ViSFD (whole, 1k, 3k) and MAMS, speed -> benchmarks/results/bench.md (~16 h)
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-quick: ## The benchmark on both datasets, 1 seed, short runs (minutes; not comparable) -> bench-quick.md
+bench-quick: ## The benchmark, 1 seed, short runs (not comparable) -> bench-quick.md
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-advice: ## Varied short runs read and their advice checked -> benchmarks/results/advice.md (~1 h on 2 cores)

@@ -134,14 +134,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
 
 
 def scale_training_length(cfg: DictConfig, num_comments: int) -> None:
-    """Set `trainer.max_epochs` and the early-stopping patience from `cfg.training_length`,
+    """Set `trainer.max_epochs` and the early-stopping patience from `cfg.model.training_length`,
     unless `trainer.max_epochs` is set (a number wins, with the patience as configured)."""
     if cfg.trainer.get("max_epochs") is not None:
         return
-    scaled = instantiate(cfg.training_length).for_data(num_comments, cfg.data.batch_size)
+    scaled = instantiate(cfg.model.training_length).for_data(num_comments, cfg.data.batch_size)
     if scaled is None:
         raise AbsaUserError(
-            "trainer.max_epochs and training_length.target_steps are both null: set one"
+            "trainer.max_epochs and model.training_length.target_steps are both null: set one"
         )
     cfg.trainer.max_epochs, patience = scaled
     if cfg.callbacks and cfg.callbacks.get("early_stopping") is not None:

@@ -26,15 +26,15 @@ class TrainingLength:
     def __post_init__(self) -> None:
         if self.target_steps is not None and self.target_steps < 1:
             raise ValueError(
-                f"training_length.target_steps must be >= 1 or null, got {self.target_steps}"
+                f"model.training_length.target_steps must be >= 1 or null, got {self.target_steps}"
             )
         if not 1 <= self.min_epochs <= self.max_epochs:
             raise ValueError(
-                "training_length: need 1 <= min_epochs <= max_epochs, got "
+                "model.training_length: need 1 <= min_epochs <= max_epochs, got "
                 f"{self.min_epochs} and {self.max_epochs}"
             )
         if self.patience_steps < 0 or self.min_patience < 0:
-            raise ValueError("training_length.patience_steps and min_patience must be >= 0")
+            raise ValueError("model.training_length.patience_steps and min_patience must be >= 0")
 
     def for_data(self, num_comments: int, batch_size: int) -> tuple[int, int] | None:
         """(max_epochs, patience) for a training set of `num_comments`; None without a target."""

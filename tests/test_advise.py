@@ -63,7 +63,7 @@ def test_advise_prints_the_reading_evidence_and_override(tmp_path, capsys):
 
 
 def test_a_default_run_whose_config_leaves_max_epochs_null_is_read(tmp_path, capsys):
-    """The default recipe's trainer.max_epochs is null (training_length sets it when training
+    """The default recipe's trainer.max_epochs is null (model.training_length sets it when training
     starts): the epochs given come from loss_dynamics.csv, else from metrics.json's config."""
     rows = [{**row, "max_epochs": 5} for row in rising_f1_rows()]
     run = write_run(tmp_path / "run", rows, ["seed=7"])

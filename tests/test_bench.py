@@ -13,6 +13,7 @@ import yaml
 from conftest import NO_DIAGNOSTICS, QUIET, TINY, compose_train
 from omegaconf import OmegaConf
 
+from absa_lightning.config import CONF_DIR
 from absa_lightning.metrics import AspectConfusionMatrix
 from benchmarks import bench, quality, svm_baseline
 from benchmarks.results import MeanStd, Section, Target, environment, load_settings, write_results
@@ -128,7 +129,8 @@ def test_aggregated_rows_against_their_targets() -> None:
         quality.aggregate("mams", "ce", "c", [outcome(0.60, 0.80, 5)]),
         quality.aggregate("mams", "default", "d", [outcome(0.58, 0.84, 6)]),
     ]
-    section = Section("q", quality.COLUMNS, [ce, default, *mams])
+    subset = quality.aggregate("visfd_1k", "default", "d", [outcome(0.6, 0.7, 40)])  # no CE row
+    section = Section("q", quality.COLUMNS, [ce, default, *mams, subset])
     assert default["pair_f1"].mean == pytest.approx(0.80)
     assert default["pair_f1"].std == pytest.approx(0.01)
     assert default["epochs"] == "6/6/6"
@@ -146,7 +148,10 @@ def test_aggregated_rows_against_their_targets() -> None:
     least = targets["mams: default mean pair_f1 >= 0.72"]
     assert (least.value, least.target, least.passed) == (pytest.approx(0.58), 0.72, False)
     assert not targets["visfd: default mean aspect_f1 >= 0.9"].passed  # 0.86
-    assert len(targets) == 7
+    assert len(targets) == 8
+    assert not targets[
+        "visfd_1k: default recipe, train.py wall time of the slowest seed (min)"
+    ].passed
     assert time_limit.value == pytest.approx(31) and not time_limit.passed  # the slowest seed
     assert gain.target == pytest.approx(0.795) and gain.passed  # 0.80 >= 0.785 + 0.01
     assert mams_time.passed and not mams_gain.passed  # each dataset against its own CE row
@@ -221,7 +226,7 @@ def test_quick_settings_merge_over_the_full_ones() -> None:
     assert (
         list(full.quality.rows)
         == list(quick.quality.rows)
-        == ["ce", "focal", "default", "balancer"]
+        == ["ce", "focal", "default", "balancer", "e5_12", "small"]
     )
     assert "trainer.max_epochs=2" in quick.quality.extra_overrides
     assert "quick" not in full
@@ -232,8 +237,36 @@ def test_quick_settings_merge_over_the_full_ones() -> None:
         == {
             "visfd": ["data=visfd"],
             "mams": ["data=mams"],
+            "visfd_1k": ["data=visfd", "data.train_subset=1000"],
+            "visfd_3k": ["data=visfd", "data.train_subset=3000"],
         }
     )
+
+
+def test_rows_run_on_the_datasets_they_name(tmp_path: Path) -> None:
+    settings = OmegaConf.create(
+        {
+            "seeds": [1, 2],
+            "quality": {
+                "rows": {
+                    "default": {"label": "d", "overrides": []},
+                    "ce": {"label": "c", "overrides": ["x=1"], "datasets": ["big"]},
+                },
+                "common_overrides": [],
+                "extra_overrides": [],
+            },
+        }
+    )
+    runs = quality.planned_runs(settings, {"big": [], "small": ["s=1"]}, "m", tmp_path)
+    assert [(r.dataset, r.row, r.seed) for r in runs] == [
+        ("big", "default", 1),
+        ("big", "default", 2),
+        ("big", "ce", 1),
+        ("big", "ce", 2),
+        ("small", "default", 1),
+        ("small", "default", 2),
+    ]
+    assert list(quality.rows_on(settings.quality.rows, "small")) == ["default"]
 
 
 def test_sections_run_in_the_bench_order_whatever_the_order_asked() -> None:
@@ -244,7 +277,7 @@ def test_sections_run_in_the_bench_order_whatever_the_order_asked() -> None:
 
 def test_datasets_chosen_by_name_in_the_settings_order() -> None:
     settings = load_settings(quick=True)
-    assert list(bench.chosen_datasets(settings, None)) == ["visfd", "mams"]
+    assert list(bench.chosen_datasets(settings, None)) == ["visfd", "mams", "visfd_1k", "visfd_3k"]
     assert bench.chosen_datasets(settings, "mams, visfd") == {
         "visfd": ["data=visfd"],
         "mams": ["data=mams"],
@@ -296,19 +329,23 @@ def test_every_row_of_the_bench_composes_with_train_yaml(quick: bool, tmp_path: 
     """The overrides the bench hands train.py are valid for conf/ (a typo fails here, not an
     hour into `make bench`)."""
     settings = load_settings(quick)
-    for run in quality.planned_runs(settings, settings.datasets, "check", tmp_path):
+    runs = quality.planned_runs(settings, settings.datasets, "check", tmp_path)
+    assert {(r.dataset, r.row) for r in runs} >= {("visfd_1k", "default"), ("mams", "ce")}
+    for run in runs:
         cfg = compose_train([o for o in run.overrides if not o.startswith("hydra.")], tmp_path)
         assert cfg.seed == run.seed
-        assert cfg.data.files.train == {"visfd": "Train.csv", "mams": "train.xml"}[run.dataset]
+        assert cfg.data.files.train == ("train.xml" if run.dataset == "mams" else "Train.csv")
+        assert cfg.data.train_subset == {"visfd_1k": 1000, "visfd_3k": 3000}.get(run.dataset)
         row = settings.quality.rows[run.row]
         for override in row.overrides:  # each row's change reaches the config train.py gets
             key, value = override.split("=")
-            if "/" in key:  # a config group: its option's target
-                assert (
-                    OmegaConf.select(cfg, key.replace("/", "."))
-                    ._target_.lower()
-                    .startswith(f"absa_lightning.balancers.{value}")
-                )
+            if (Path(CONF_DIR) / key).is_dir():  # a config group: as that option alone composes it
+                alone = compose_train([override], tmp_path)
+                path = key.replace("/", ".")
+                assert OmegaConf.select(cfg, path) == OmegaConf.select(alone, path), override
+                assert OmegaConf.select(alone, path) != OmegaConf.select(
+                    compose_train([], tmp_path), path
+                ), f"{override} is the default already"
             else:
                 assert OmegaConf.select(cfg, key) == yaml.safe_load(value), override
     if quick:

@@ -260,7 +260,7 @@ def test_split_dev_makes_testing_serve_dev(small: Path) -> None:
     dm.setup("test")
     assert "test" not in dm.datasets
     (batch,) = list(dm.test_dataloader())
-    assert batch["labels"].tolist() == [[0, 3, 0], [2, 0, 0]]
+    assert batch["labels"][batch["index"].argsort()].tolist() == [[0, 3, 0], [2, 0, 0]]
 
 
 def test_split_test_serves_test(small: Path) -> None:
@@ -349,29 +349,30 @@ def collation_module(root: Path, **kwargs) -> AspectSentimentDataModule:
 
 def test_batches_pad_to_longest_in_batch_and_truncate(tmp_path: Path) -> None:
     max_length = 12
-    dm = collation_module(tmp_path, max_length=max_length, eval_batch_size=2)
+    dm = collation_module(tmp_path, max_length=max_length, eval_batch_size=3)
     tok = tiny_tokenizer()
     dm.set_tokenizer(tok)
     n_tokens = [len(tok(text)["input_ids"]) for text in (SHORT, MEDIUM, LONG, SHORT)]
     assert n_tokens[0] < n_tokens[1] < max_length < n_tokens[2]
 
     first, second = list(dm.val_dataloader())
-    # batch 1: SHORT, MEDIUM -> padded to MEDIUM's length, below max_length
-    assert first["input_ids"].shape == (2, n_tokens[1])
-    assert first["attention_mask"].sum(dim=1).tolist() == n_tokens[:2]
+    # evaluation goes shortest first: SHORT, SHORT, MEDIUM -> padded to MEDIUM's length
+    assert first["index"].tolist() == [0, 3, 1]
+    assert first["input_ids"].shape == (3, n_tokens[1])
+    assert first["attention_mask"].sum(dim=1).tolist() == [n_tokens[0], n_tokens[3], n_tokens[1]]
     assert first["input_ids"][0, n_tokens[0] :].eq(tok.pad_token_id).all()
     assert first["input_ids"][0, 0] == tok.cls_token_id
-    # batch 2: LONG, SHORT -> LONG truncated at max_length, keeping [SEP] last
-    assert second["input_ids"].shape == (2, max_length)
-    assert second["attention_mask"].sum(dim=1).tolist() == [max_length, n_tokens[3]]
+    # then LONG, truncated at max_length, keeping [SEP] last
+    assert second["index"].tolist() == [2]
+    assert second["input_ids"].shape == (1, max_length)
+    assert second["attention_mask"].sum(dim=1).tolist() == [max_length]
     assert second["input_ids"][0, -1] == tok.sep_token_id
 
-    for batch, index in ((first, [0, 1]), (second, [2, 3])):
+    for batch in (first, second):
         assert set(batch) >= {"input_ids", "attention_mask", "labels", "index"}
         assert "token_type_ids" not in batch
-        assert batch["index"].tolist() == index
-        assert batch["labels"].shape == (2, 3)
-        assert batch["labels"].tolist() == dm.datasets["dev"].labels[index].tolist()
+        assert batch["labels"].shape == (len(batch["index"]), 3)
+        assert torch.equal(batch["labels"], dm.datasets["dev"].labels[batch["index"]])
         assert batch["input_ids"].dtype == torch.long
 
 
@@ -386,16 +387,15 @@ def test_the_predictor_encodes_comments_as_the_training_batches_do(tmp_path: Pat
     predictor = AspectSentimentPredictor(
         torch.nn.Identity(), tok, ["A"], ["Positive"], max_length=max_length, device="cpu"
     )
-    for batch, texts, cut in zip(
-        dm.val_dataloader(),
-        ([SHORT, MEDIUM], [LONG, SHORT]),
-        ([False, False], [True, False]),
-        strict=True,
-    ):
+    truncated_seen = []
+    for batch in dm.val_dataloader():
+        texts = [dm.datasets["dev"].texts[i] for i in batch["index"].tolist()]
         encoded, truncated = predictor.encode(texts)
         assert torch.equal(encoded["input_ids"], batch["input_ids"])
         assert torch.equal(encoded["attention_mask"], batch["attention_mask"])
-        assert truncated.tolist() == cut
+        assert truncated.tolist() == [text == LONG for text in texts]
+        truncated_seen += truncated.tolist()
+    assert sum(truncated_seen) == 1 and len(truncated_seen) == 4
 
 
 def test_shuffled_training_batches_keep_labels_with_their_index(tmp_path: Path) -> None:
@@ -441,7 +441,7 @@ def test_pad_to_max_length_pads_every_batch_to_max_length(tmp_path: Path) -> Non
     dm.set_tokenizer(tok)
     first, second = list(dm.val_dataloader())
     assert first["input_ids"].shape == second["input_ids"].shape == (2, 12)
-    lengths = [len(tok(t)["input_ids"]) for t in (SHORT, MEDIUM)]
+    lengths = [len(tok(t)["input_ids"]) for t in (SHORT, SHORT)]  # shortest first
     assert first["attention_mask"].sum(dim=1).tolist() == lengths
     assert first["input_ids"][0, lengths[0] :].eq(tok.pad_token_id).all()
 

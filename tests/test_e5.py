@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import DATA_DIR, NO_DIAGNOSTICS, QUIET, REPO, compose_train, synthetic_comments
+from tokenizers import Tokenizer, models
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from absa_lightning.models import encoder_from_spec, encoder_spec, pretrained
 from absa_lightning.models.e5 import (
@@ -30,11 +32,13 @@ from absa_lightning.models.e5 import (
     E5FormatError,
     convert,
     dequantize_q4,
+    keep_first_layers,
     normalizer,
     packaged_model_file,
     prune_vocabulary,
     read_e5_file,
 )
+from absa_lightning.models.encoder import without_pooler
 
 # As the mams branch's conftest finds it: $ABSA_MAMS_DIR, else beside the checkout.
 MAMS_DIR = Path(os.environ.get("ABSA_MAMS_DIR", REPO.parent / "shared/data/mams-acsa"))
@@ -193,6 +197,35 @@ def test_bad_magic_and_truncation_are_named(tiny_file, tmp_path: Path) -> None:
     (tmp_path / "cut.bin").write_bytes(data[:200])
     with pytest.raises(E5FormatError, match=r"cut\.bin: truncated"):
         read_e5_file(tmp_path / "cut.bin")
+
+
+def test_keeping_the_first_layers_gives_their_output_and_a_checkpoint_rebuilds_it() -> None:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    full = without_pooler(BertModel(config)).eval()
+    ids, mask = torch.randint(5, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    with torch.no_grad():
+        after_two = full(ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    kept = keep_first_layers(full, 2)
+    assert kept.config.num_hidden_layers == 2 and len(kept.encoder.layer) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(kept(ids, attention_mask=mask).last_hidden_state, after_two)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
+        unk_token="[UNK]",
+    )
+    _, rebuilt = encoder_from_spec(encoder_spec(tokenizer, kept))
+    rebuilt.load_state_dict(kept.state_dict())  # what a checkpoint does after the spec
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rebuilt.eval()(ids, attention_mask=mask).last_hidden_state, after_two
+        )
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="keep 1 to 2 layers"):
+            keep_first_layers(kept, bad)
 
 
 def test_normalizer_maps_each_character_then_collapses_spaces() -> None:

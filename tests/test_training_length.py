@@ -1,4 +1,4 @@
-"""Epochs and early-stopping patience scaled to the training set (`training_length`)."""
+"""Epochs and early-stopping patience scaled to the training set (`model.training_length`)."""
 
 from __future__ import annotations
 
@@ -35,18 +35,32 @@ def test_bad_settings_are_refused(options: dict, message: str) -> None:
         TrainingLength(**options)
 
 
-def test_scaling_sets_the_trainer_and_the_early_stopping_callback(tmp_path: Path) -> None:
-    cfg = compose_train([], tmp_path)  # the default: trainer.max_epochs null, target 1950 steps
-    scale_training_length(cfg, 1000)
-    assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (40, 22)
-    scale_training_length(cfg := compose_train([], tmp_path), 7786)
-    assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (8, 3)
+@pytest.mark.parametrize(
+    ("model", "comments", "expected"),
+    [
+        # fine-tuned (the default, e5_small): 976 steps, 4 to 20 epochs
+        ([], 7786, (4, 3)),  # UIT-ViSFD
+        ([], 3149, (10, 6)),  # MAMS-ACSA
+        ([], 1000, (20, 16)),
+        # trained from scratch: 1950 steps, 8 to 40 epochs
+        (["model=small"], 7786, (8, 3)),
+        (["model=small"], 1000, (40, 22)),
+        (["model=tiny"], 1000, (40, 22)),  # tiny is small's preset
+        (["model=minilm"], 7786, (4, 3)),
+    ],
+)
+def test_each_model_scales_the_trainer_and_the_early_stopping_callback(
+    model: list[str], comments: int, expected: tuple[int, int], tmp_path: Path
+) -> None:
+    cfg = compose_train(model, tmp_path)  # trainer.max_epochs null
+    scale_training_length(cfg, comments)
+    assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == expected
 
 
 def test_a_set_max_epochs_wins(tmp_path: Path) -> None:
     cfg = compose_train(["trainer.max_epochs=2"], tmp_path)
     scale_training_length(cfg, 1000)
     assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (2, 3)
-    neither = compose_train(["training_length.target_steps=null"], tmp_path)
+    neither = compose_train(["model.training_length.target_steps=null"], tmp_path)
     with pytest.raises(ValueError, match="both null: set one"):
         scale_training_length(neither, 1000)

@@ -239,8 +239,12 @@ class AspectSentimentDataModule(L.LightningDataModule):
         """The whole split in order, in this process (under DDP too): for tuning on dev."""
         return self._loader(split, batch_size=self.eval_batch_size)
 
-    def _eval_sampler(self, split: str) -> Sampler | None:
-        """Under DDP, each process scores its share of the split and every comment exactly once.
+    def _eval_sampler(self, split: str) -> Sampler | list[int]:
+        """Shortest comments first: a batch then pads to about its own length (UIT-ViSFD's dev
+        split scores ~2x faster than in file order). The scores do not depend on the order; a
+        batch's contrastive loss does, a little.
+
+        Under DDP, each process scores its share of the split and every comment exactly once.
 
         Lightning's own DistributedSampler would pad the split with repeated comments to even
         out the processes, and the metrics (confusion counts summed over processes) would count
@@ -249,7 +253,8 @@ class AspectSentimentDataModule(L.LightningDataModule):
         """
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
-            return None  # Lightning's default: the comments in order
+            lengths = self._encoded(split).lengths()
+            return sorted(range(len(lengths)), key=lengths.__getitem__)
         return UnrepeatedDistributedSampler(
             self.datasets[split],
             num_replicas=trainer.world_size,

