@@ -232,6 +232,7 @@ def run_rows(folder: Path, data: Path, *overrides: str) -> list[dict]:
             "~callbacks.embedding_space",
             "~callbacks.early_stopping",
             "tune_thresholds=false",
+            "scheduler.warmup_ratio=0.1",  # the regimes were built with the small model's warm-up
             *overrides,
         ],
         folder,
