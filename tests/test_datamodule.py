@@ -367,6 +367,8 @@ def test_batches_pad_to_longest_in_batch_and_truncate(tmp_path: Path) -> None:
     assert second["input_ids"].shape == (1, max_length)
     assert second["attention_mask"].sum(dim=1).tolist() == [max_length]
     assert second["input_ids"][0, -1] == tok.sep_token_id
+    # threshold tuning's pass over the split goes shortest first too
+    assert [i for b in dm.split_dataloader("dev") for i in b["index"].tolist()] == [0, 3, 1, 2]
 
     for batch in (first, second):
         assert set(batch) >= {"input_ids", "attention_mask", "labels", "index"}

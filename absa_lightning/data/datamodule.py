@@ -236,13 +236,20 @@ class AspectSentimentDataModule(L.LightningDataModule):
         )
 
     def split_dataloader(self, split: str) -> DataLoader:
-        """The whole split in order, in this process (under DDP too): for tuning on dev."""
-        return self._loader(split, batch_size=self.eval_batch_size)
+        """The whole split, shortest first, in this process (under DDP too): for tuning on dev."""
+        return self._loader(
+            split, batch_size=self.eval_batch_size, sampler=self._shortest_first(split)
+        )
+
+    def _shortest_first(self, split: str) -> list[int]:
+        """The split's indices by token count: a batch then pads to about its own length
+        (UIT-ViSFD's dev split scores ~2x faster than in file order)."""
+        lengths = self._encoded(split).lengths()
+        return sorted(range(len(lengths)), key=lengths.__getitem__)
 
     def _eval_sampler(self, split: str) -> Sampler | list[int]:
-        """Shortest comments first: a batch then pads to about its own length (UIT-ViSFD's dev
-        split scores ~2x faster than in file order). The scores do not depend on the order; a
-        batch's contrastive loss does, a little.
+        """In one process, shortest comments first (`_shortest_first`). The scores do not depend
+        on the order; a batch's contrastive loss does, a little.
 
         Under DDP, each process scores its share of the split and every comment exactly once.
 
@@ -253,8 +260,7 @@ class AspectSentimentDataModule(L.LightningDataModule):
         """
         trainer = self.trainer
         if trainer is None or trainer.world_size == 1:
-            lengths = self._encoded(split).lengths()
-            return sorted(range(len(lengths)), key=lengths.__getitem__)
+            return self._shortest_first(split)
         return UnrepeatedDistributedSampler(
             self.datasets[split],
             num_replicas=trainer.world_size,
