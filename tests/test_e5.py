@@ -189,6 +189,16 @@ def test_reads_the_layout_into_a_bert_model(tiny_file, tmp_path: Path) -> None:
     assert tokenizer.convert_ids_to_tokens(ids) == ["<s>", "▁màn", "▁hình", "▁đẹp", "▁ab", "</s>"]
 
 
+def test_converting_and_loading_leave_the_seeded_rng_alone(tiny_file, tmp_path: Path) -> None:
+    """The heads are initialised after the encoder is built: the same seed must give them the
+    same weights whether this run converts the model file or finds it converted."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    pretrained(convert(tiny_file[0], tmp_path / "hf"))
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_bad_magic_and_truncation_are_named(tiny_file, tmp_path: Path) -> None:
     data = tiny_file[0].read_bytes()
     (tmp_path / "bad.bin").write_bytes(b"GGUF" + data[4:])

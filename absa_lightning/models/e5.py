@@ -186,7 +186,10 @@ EMBEDDING_NAMES = {
 
 def bert_model(e5: E5File) -> BertModel:
     """The BertModel (no pooler) with the file's weights."""
-    model = BertModel(e5.config, add_pooling_layer=False)
+    # Initialised at random before the file's weights replace it: under a forked RNG, or a run
+    # that converts would start from other initial heads than one that loads the cached folder.
+    with torch.random.fork_rng(devices=[]):
+        model = BertModel(e5.config, add_pooling_layer=False)
     names = dict(EMBEDDING_NAMES)
     for i in range(e5.config.num_hidden_layers):
         for short, long in LAYER_NAMES.items():

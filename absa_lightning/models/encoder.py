@@ -33,7 +33,10 @@ def pretrained(name_or_path: str | Path, texts: Sequence[str] | None = None) -> 
     """A pretrained encoder by hub name (what cluster jobs use) or local Hugging Face folder."""
     # float32 master weights whatever the checkpoint's dtype (transformers 5 loads "auto"):
     # AdamW on bf16 weights loses small updates; trainer=gpu's bf16 autocast does the rest.
-    model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
+    # Under a forked RNG: initialising the weights a checkpoint lacks (a pooler dropped below)
+    # would otherwise move the seeded RNG, and the heads' initial weights with it.
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
     encoder = without_pooler(model)
     # from_pretrained gives eval mode, which Lightning keeps: dropout would stay off.
     return AutoTokenizer.from_pretrained(str(name_or_path)), encoder.train()
