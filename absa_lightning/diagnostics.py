@@ -79,7 +79,9 @@ REGIMES = (
 )
 
 ADVICE = {
-    HEALTHY: "healthy: classification and representation both learn; keep the recipe",
+    # Not "both learn": a run with contrastive_weight 0 trains (and is read on) focal only.
+    HEALTHY: "healthy: every trained loss falls or has settled, validation with it; keep the "
+    "recipe",
     CONTRASTIVE_LAGS: "focal falls, contrastive flat: the heads fit the labels but same-label "
     "embeddings are not getting closer; raise contrastive_weight",
     FOCAL_LAGS: "contrastive falls, focal flat: same-label embeddings are getting closer but "
