@@ -232,7 +232,9 @@ def run_rows(folder: Path, data: Path, *overrides: str) -> list[dict]:
             "~callbacks.embedding_space",
             "~callbacks.early_stopping",
             "tune_thresholds=false",
-            "scheduler.warmup_ratio=0.1",  # the regimes were built with the small model's warm-up
+            # the regimes were built with the small model's warm-up and focal loss at gamma 2
+            "scheduler.warmup_ratio=0.1",
+            "loss.focal.gamma=2",
             *overrides,
         ],
         folder,
