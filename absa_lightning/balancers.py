@@ -183,6 +183,31 @@ class UncertaintyWeights(LossBalancer):
         return focal_weight, contrastive_weight
 
 
+class WarmStart(LossBalancer):
+    """Classification first, then both losses (`loss/balancer=warm_start`): the contrastive
+    weight is 0 for the first `epochs` epochs and the configured one after.
+
+    The heads then start from an encoder that classification has shaped, and the contrastive
+    term refines it rather than organising a space the heads have yet to use. The contrastive
+    loss is still computed and logged in the first epochs, so its curve shows where it started.
+    """
+
+    reads_curves = True  # switches in `end_epoch`, which LossDynamics calls
+
+    def __init__(self, focal_weight: float, contrastive_weight: float, epochs: int = 1):
+        if not (isinstance(epochs, int) and epochs >= 0):
+            raise ValueError(f"loss.balancer.epochs must be an integer >= 0, got {epochs!r}")
+        super().__init__(focal_weight, contrastive_weight if epochs == 0 else 0.0)
+        self.epochs = epochs
+        self.register_buffer("configured", torch.tensor([focal_weight, contrastive_weight]))
+
+    def update_weights(
+        self, epoch: int, reading: diagnostics.Reading, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        if epoch + 1 >= self.epochs:
+            self.weights.copy_(self.configured)
+
+
 class DynamicWeightAverage(LossBalancer):
     """Dynamic weight averaging (Liu, Johns & Davison, 2019), around the configured weights.
 

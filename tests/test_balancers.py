@@ -14,6 +14,7 @@ from absa_lightning.balancers import (
     RuleBalancer,
     StaticWeights,
     UncertaintyWeights,
+    WarmStart,
 )
 
 # Focal falls 15% an epoch, contrastive flat: "raise contrastive_weight" once 3 epochs are in.
@@ -190,6 +191,32 @@ def test_dwa_gives_weight_to_the_loss_that_stopped_falling():
     focal_weight, contrastive_weight = balancer.effective_weights()
     assert contrastive_weight > 0.5 > focal_weight
     assert focal_weight + contrastive_weight == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("epochs", [0, 1, 3])
+def test_warm_start_trains_classification_alone_for_its_epochs(epochs):
+    balancer = WarmStart(0.8, 0.2, epochs=epochs)
+    # [the weights of epoch 0, then those set after each epoch for the next]
+    weights = [balancer.effective_weights(), *feed(balancer, BOTH_FALL[:5])]
+    assert weights[:epochs] == [pytest.approx((0.8, 0.0))] * epochs
+    assert weights[epochs:] == [pytest.approx((0.8, 0.2))] * (6 - epochs)
+    focal, contrastive = torch.tensor(0.3), torch.tensor(2.5)
+    assert float(balancer(focal, contrastive)) == pytest.approx(0.8 * 0.3 + 0.2 * 2.5)
+
+
+def test_warm_start_resumes_where_it_was():
+    first = WarmStart(0.8, 0.2, epochs=2)
+    feed(first, BOTH_FALL[:1])
+    resumed = WarmStart(0.8, 0.2, epochs=2)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.effective_weights() == pytest.approx((0.8, 0.0))
+    assert feed(resumed, BOTH_FALL[:3], first=1) == [pytest.approx((0.8, 0.2))] * 2
+
+
+@pytest.mark.parametrize("epochs", [-1, 1.5])
+def test_warm_start_needs_a_whole_number_of_epochs(epochs):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
+        WarmStart(0.8, 0.2, epochs=epochs)
 
 
 def test_the_reading_and_the_rule_agree():

@@ -179,8 +179,30 @@ def test_uncertainty_weights_are_trained(small_visfd: Path, tmp_path: Path):
     assert weights["contrastive_weight"] != pytest.approx(0.2, abs=1e-4)
 
 
+def test_warm_start_trains_on_the_contrastive_loss_from_its_second_epoch(
+    small_visfd: Path, tmp_path: Path
+):
+    cfg = compose_train(
+        [
+            *TINY,
+            *QUIET,
+            f"data.root={small_visfd}",
+            "trainer.max_epochs=2",
+            "~callbacks.early_stopping",
+            "loss/balancer=warm_start",
+            "~callbacks.embedding_space",
+        ],
+        tmp_path,
+    )
+    assert train(cfg)["effective_weights"] == {"focal_weight": 0.8, "contrastive_weight": 0.2}
+    rows = read_csv(tmp_path / "loss_dynamics.csv")
+    assert [float(r["contrastive_weight"]) for r in rows] == [0.0, 0.2]
+    assert all(float(r["contrastive"]) > 0 for r in rows)  # computed and logged all along
+
+
 def test_unknown_balancer_names_the_choices(tmp_path: Path):
-    with pytest.raises(MissingConfigException, match=r"(?s)magic.*dwa.*rule.*static.*uncertainty"):
+    choices = r"(?s)magic.*dwa.*rule.*static.*uncertainty.*warm_start"
+    with pytest.raises(MissingConfigException, match=choices):
         compose_train([*TINY, "loss/balancer=magic"], tmp_path)
 
 
