@@ -72,6 +72,7 @@ class AspectSentimentModule(L.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         encoder_lr: float | None = None,
         check_finite: bool = True,
+        views: int = 1,
         max_length: int = 128,
         preprocess: dict[str, Any] | None = None,
         recipe: dict[str, Any] | None = None,
@@ -94,6 +95,7 @@ class AspectSentimentModule(L.LightningModule):
         self.focal, self.contrastive, self.balancer = focal, contrastive, balancer
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.check_finite = check_finite
+        self.views = views
         self.val_scores = AspectConfusionMatrix(len(aspects), len(polarities))
         self.test_scores = AspectConfusionMatrix(len(aspects), len(polarities))
         self.val_pair_f1_best = MaxMetric()
@@ -178,6 +180,10 @@ class AspectSentimentModule(L.LightningModule):
         return self.net(input_ids, attention_mask, ngram_ids)
 
     def _losses(self, batch: dict[str, torch.Tensor]):
+        if self.training and self.views > 1:
+            # SimCSE-style views: each comment again under other dropout masks, so every cell
+            # has its own other view as a positive; both losses see every view.
+            batch = {k: v.repeat(self.views, *[1] * (v.ndim - 1)) for k, v in batch.items()}
         out = self.net(batch["input_ids"], batch["attention_mask"], batch.get("ngram_ids"))
         if not self.has_losses:  # loaded for inference: scores only
             return out, {}

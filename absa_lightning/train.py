@@ -59,16 +59,20 @@ def callback_reports(trainer: L.Trainer) -> dict:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """`loss.focal_weight`, `loss.contrastive_weight`, `loss.check_finite`: checked here, once."""
+    """`loss.focal_weight`, `loss.contrastive_weight`, `loss.check_finite`, `loss.views`:
+    checked here, once."""
 
     focal_weight: float
     contrastive_weight: float
     check_finite: bool = True
+    views: int = 1
 
     def __post_init__(self) -> None:
         for name in ("focal_weight", "contrastive_weight"):
             if not getattr(self, name) >= 0:
                 raise AbsaUserError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not (isinstance(self.views, int) and self.views >= 1):
+            raise AbsaUserError(f"loss.views must be an integer >= 1, got {self.views!r}")
         if self.focal_weight == 0 and self.contrastive_weight == 0:
             raise AbsaUserError(
                 "loss.focal_weight and loss.contrastive_weight are both 0: nothing to train"
@@ -78,7 +82,10 @@ class LossSettings:
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule]:
     """The data (set up for fitting) and the model that `cfg` describes, every part built here."""
     settings = LossSettings(
-        cfg.loss.focal_weight, cfg.loss.contrastive_weight, cfg.loss.get("check_finite", True)
+        cfg.loss.focal_weight,
+        cfg.loss.contrastive_weight,
+        cfg.loss.get("check_finite", True),
+        cfg.loss.get("views", 1),
     )
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -126,6 +133,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, AspectSentimentModule
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
         encoder_lr=cfg.model.encoder_lr,
         check_finite=settings.check_finite,
+        views=settings.views,
         max_length=cfg.data.max_length,
         preprocess=datamodule.preprocess_spec,
         recipe=recipe,

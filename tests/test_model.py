@@ -32,7 +32,7 @@ def tiny_encoder():
     )
 
 
-def module_for(tokenizer, encoder) -> AspectSentimentModule:
+def module_for(tokenizer, encoder, views: int = 1) -> AspectSentimentModule:
     net = AspectSentimentNet(encoder, len(ASPECTS), 1 + len(POLARITIES), 8, 2, 0.1)
     return AspectSentimentModule(
         net,
@@ -44,6 +44,7 @@ def module_for(tokenizer, encoder) -> AspectSentimentModule:
         balancer=StaticWeights(0.8, 0.2),
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         encoder_lr=1e-4,
+        views=views,
     ).eval()
 
 
@@ -71,6 +72,36 @@ def test_padding_does_not_change_a_comment_s_outputs() -> None:
         a = net(alone["input_ids"], alone["attention_mask"])
         b = net(padded["input_ids"], padded["attention_mask"])
     torch.testing.assert_close(a.logits[0], b.logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_views_train_on_each_comment_twice_and_evaluate_once() -> None:
+    """`loss.views=2`: a training batch goes through the network twice over; each cell's other
+    view is a contrastive positive. Without dropout both views are the same comment, so the
+    losses are those of the batch written out twice."""
+    torch.manual_seed(0)
+    module = module_for(*tiny_encoder(), views=2)
+    encoded = module.tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    labels = torch.tensor([[1, 2, 0, 0], [0, 0, 1, 0], [2, 0, 0, 1]])  # no two cells alike
+    batch = {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "labels": labels,
+        "index": torch.arange(3),
+    }
+    rows = []
+    module.net.register_forward_hook(lambda net, args, out: rows.append(len(args[0])))
+    with torch.no_grad():
+        module.train()
+        module.net.eval()  # no dropout: the two views are equal
+        _, trained = module._losses(batch)
+        module.eval()
+        out, evaluated = module._losses(batch)
+    assert rows == [6, 3]
+    torch.testing.assert_close(trained["focal_loss"], evaluated["focal_loss"])
+    twice = SupConLoss(temperature=0.1)(out.projections.repeat(2, 1, 1), labels.repeat(2, 1))
+    torch.testing.assert_close(trained["contrastive_loss"], twice)
+    # One view: no anchor has a positive. Two: each cell's other view is one.
+    assert float(evaluated["contrastive_loss"]) == 0.0 < float(trained["contrastive_loss"])
 
 
 def test_encoder_and_head_parameters_split_the_network() -> None:

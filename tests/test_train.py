@@ -143,6 +143,7 @@ def test_checkpoint_loads_without_data_or_hub(trained_run: Path) -> None:
         (["loss.focal_weight=-0.1"], "loss.focal_weight must be >= 0"),
         (["loss.contrastive_weight=-1"], "loss.contrastive_weight must be >= 0"),
         (["loss.focal_weight=0", "loss.contrastive_weight=0"], "both 0"),
+        (["loss.views=0"], "loss.views must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_loss_weights_refused_before_any_work(
