@@ -166,16 +166,31 @@ class SupConLoss(nn.Module):
     same-aspect cells of another polarity, so under ``"all"`` most of the loss's pull goes into
     telling aspects apart.
 
+    **A queue of recent cells** (``queue_comments=Q > 0``, training only): the cells of the last
+    ``Q`` training comments (detached, as they were embedded then) join every batch's cells as
+    candidates and positives, but not as anchors, so an anchor of a rare aspect and polarity
+    meets more of its own than one batch holds. Each step then puts the batch's cells (the
+    global batch's under ``gather``) at the queue's head. The queue starts empty (its cells
+    count as absent) and is not saved: a resumed run refills it within ``Q`` comments.
+    Evaluation neither reads nor fills it.
+
     Args:
         temperature: softmax temperature ``T > 0``.
         gather: in training, compute the loss over the batches of all DDP processes.
         negatives: ``"all"`` mentioned cells, or those of the anchor's ``"same_aspect"``.
+        queue_comments: in training, how many recent comments' cells join each batch; 0: none.
     """
 
     NEGATIVES = ("all", "same_aspect")
+    queue_embeddings: torch.Tensor | None
+    queue_labels: torch.Tensor | None
 
     def __init__(
-        self, temperature: float = 0.1, gather: bool = False, negatives: str = "all"
+        self,
+        temperature: float = 0.1,
+        gather: bool = False,
+        negatives: str = "all",
+        queue_comments: int = 0,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -184,9 +199,27 @@ class SupConLoss(nn.Module):
             raise ValueError(
                 f"SupConLoss: negatives must be one of {self.NEGATIVES}, got {negatives!r}"
             )
+        if not (isinstance(queue_comments, int) and queue_comments >= 0):
+            raise ValueError(
+                f"SupConLoss: queue_comments must be an integer >= 0, got {queue_comments!r}"
+            )
         self.temperature = float(temperature)
         self.gather = bool(gather)
         self.negatives = negatives
+        self.queue_comments = queue_comments
+        # (Q, A, D) and (Q, A), made at the first training batch; not in the state_dict.
+        self.register_buffer("queue_embeddings", None, persistent=False)
+        self.register_buffer("queue_labels", None, persistent=False)
+
+    def _queue_in_use(self) -> bool:
+        return self.queue_comments > 0 and self.training
+
+    def candidate_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels (rows of A) of every cell that a batch with ``labels`` (B, A) contrasts
+        its anchors with: its own and, in training with a queue, the queued ones."""
+        if not self._queue_in_use() or self.queue_labels is None:
+            return labels
+        return torch.cat([labels, self.queue_labels.to(labels.dtype)])
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return the scalar loss for ``embeddings`` (B, A, D) and ``labels`` (B, A).
@@ -216,8 +249,13 @@ class SupConLoss(nn.Module):
             cells, cell_labels, offset = anchors, anchor_labels, 0
         if cells.shape[0] == 0:  # the same on every process: N counts them all
             return embeddings.sum() * 0.0
+        if self._queue_in_use():
+            queued, queued_labels = self._queue(cells.detach(), cell_labels, aspects)
+            cells = torch.cat([cells, queued.to(cells.dtype)])  # (N + Q*A, D)
+            cell_labels = torch.cat([cell_labels, queued_labels.to(cell_labels.dtype)])
         device = embeddings.device
-        # Every block of cells is a whole number of comments, so cell m is aspect m % A.
+        # Every block of cells (each process's, the queue) is a whole number of comments, so
+        # cell m is aspect m % A.
         cell_ids = torch.arange(cells.shape[0], device=device)  # (N,)
         anchor_ids = torch.arange(anchors.shape[0], device=device)  # (n,)
         same_aspect = (anchor_ids % aspects).unsqueeze(1) == (cell_ids % aspects).unsqueeze(0)
@@ -248,5 +286,28 @@ class SupConLoss(nn.Module):
             total = all_reduce_sum(total)  # (loss sum, anchors with positives) of the global batch
         return total[0] / total[1].clamp(min=1)
 
+    def _queue(
+        self, cells: torch.Tensor, cell_labels: torch.Tensor, aspects: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queued cells (Q*A, D) and labels (Q*A,) before this batch; then the batch's
+        cells go in at the head."""
+        dim = cells.shape[1]
+        if self.queue_embeddings is None or self.queue_embeddings.shape[1:] != (aspects, dim):
+            shape = (self.queue_comments, aspects)
+            self.queue_embeddings = cells.new_zeros((*shape, dim))
+            self.queue_labels = cell_labels.new_zeros(shape)  # all absent: no candidate
+        queued = (self.queue_embeddings.reshape(-1, dim), self.queue_labels.reshape(-1))
+        # New tensors, not in-place writes: autograd keeps the queue this step used.
+        self.queue_embeddings = torch.cat(
+            [cells.reshape(-1, aspects, dim).to(self.queue_embeddings.dtype), self.queue_embeddings]
+        )[: self.queue_comments]
+        self.queue_labels = torch.cat(
+            [cell_labels.reshape(-1, aspects).to(self.queue_labels.dtype), self.queue_labels]
+        )[: self.queue_comments]
+        return queued
+
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather={self.gather}, negatives={self.negatives!r}"
+        return (
+            f"temperature={self.temperature}, gather={self.gather}, "
+            f"negatives={self.negatives!r}, queue_comments={self.queue_comments}"
+        )

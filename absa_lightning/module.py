@@ -187,11 +187,15 @@ class AspectSentimentModule(L.LightningModule):
         out = self.net(batch["input_ids"], batch["attention_mask"], batch.get("ngram_ids"))
         if not self.has_losses:  # loaded for inference: scores only
             return out, {}
+        # The contrastive loss over its chance level: comparable across batch sizes (train/val)
+        # and queues. The candidates are read before the loss puts this batch in its queue.
+        candidates = getattr(self.contrastive, "candidate_labels", lambda labels: labels)
+        chance = contrastive_chance(
+            candidates(batch["labels"]), getattr(self.contrastive, "negatives", "all")
+        )
         focal = self.focal(out.logits, batch["labels"])
         contrastive = self.contrastive(out.projections, batch["labels"])
         total = self.balancer(focal, contrastive)
-        # The contrastive loss over its chance level: comparable across batch sizes (train/val).
-        chance = contrastive_chance(batch["labels"], getattr(self.contrastive, "negatives", "all"))
         return out, {
             "focal_loss": focal,
             "contrastive_loss": contrastive,

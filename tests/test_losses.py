@@ -150,22 +150,34 @@ def test_focal_rejects_bad_inputs():
 # ---------------------------------------------------------------------------
 
 
-def supcon_reference(embeddings, labels, temperature, negatives="all"):
-    """Explicit loop over anchors; anchors without positives are skipped."""
+def supcon_reference(embeddings, labels, temperature, negatives="all", memory=None):
+    """Explicit loop over anchors; anchors without positives are skipped. `memory`: more
+    (embeddings, labels) whose mentioned cells are candidates and positives, never anchors."""
     batch, aspects, _ = embeddings.shape
-    cells = [(b, a) for b in range(batch) for a in range(aspects) if labels[b, a] > 0]
+    # (name, aspect, label, vector) of each mentioned cell
+    cells = [
+        (("batch", b, a), a, int(labels[b, a]), embeddings[b, a])
+        for b in range(batch)
+        for a in range(aspects)
+        if labels[b, a] > 0
+    ]
+    pool = list(cells)
+    if memory is not None:
+        memory_embeddings, memory_labels = memory
+        pool += [
+            (("memory", q, a), a, int(memory_labels[q, a]), memory_embeddings[q, a])
+            for q in range(memory_labels.shape[0])
+            for a in range(aspects)
+            if memory_labels[q, a] > 0
+        ]
     anchor_losses = []
-    for i in cells:
-        group_i = (i[1], int(labels[i]))
-        others = [j for j in cells if j != i and (negatives == "all" or j[1] == i[1])]
-        positives = [j for j in others if (j[1], int(labels[j])) == group_i]
+    for name, aspect, label, z in cells:
+        others = [c for c in pool if c[0] != name and (negatives == "all" or c[1] == aspect)]
+        positives = [c for c in others if (c[1], c[2]) == (aspect, label)]
         if not positives:
             continue
-        denom = sum(torch.exp(embeddings[i] @ embeddings[j] / temperature) for j in others)
-        terms = [
-            torch.log(torch.exp(embeddings[i] @ embeddings[p] / temperature) / denom)
-            for p in positives
-        ]
+        denom = sum(torch.exp(z @ c[3] / temperature) for c in others)
+        terms = [torch.log(torch.exp(z @ p[3] / temperature) / denom) for p in positives]
         anchor_losses.append(-sum(terms) / len(positives))
     if not anchor_losses:
         return embeddings.sum() * 0.0
@@ -300,6 +312,47 @@ def test_supcon_same_aspect_decomposes_into_one_loss_per_aspect():
     same_aspect = SupConLoss(0.1, negatives="same_aspect")(embeddings, labels)
     torch.testing.assert_close(same_aspect, weighted)
     assert not torch.allclose(SupConLoss(0.1)(embeddings, labels), weighted)
+
+
+@pytest.mark.parametrize("negatives", ["all", "same_aspect"])
+def test_supcon_queue_adds_the_last_comments_as_candidates(negatives):
+    """Training with a queue of 5 comments: the third batch (3 comments) meets its own cells
+    and those of the 5 comments before it (2 of the first batch, 3 of the second)."""
+    gen = torch.Generator().manual_seed(4)
+    batches = [
+        (_normalised((3, 4, 8), seed=10 + k), torch.randint(0, 4, (3, 4), generator=gen))
+        for k in range(3)
+    ]
+    loss_fn = SupConLoss(0.2, negatives=negatives, queue_comments=5).train()
+    for embeddings, labels in batches[:2]:
+        loss_fn(embeddings, labels)
+    embeddings, labels = batches[2]
+    embeddings.requires_grad_()
+    memory = (
+        torch.cat([batches[1][0], batches[0][0][:2]]),
+        torch.cat([batches[1][1], batches[0][1][:2]]),
+    )
+    torch.testing.assert_close(loss_fn.candidate_labels(labels), torch.cat([labels, memory[1]]))
+    loss = loss_fn(embeddings, labels)
+    expected = supcon_reference(embeddings, labels, 0.2, negatives, memory=memory)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, embeddings)
+    (expected_grad,) = torch.autograd.grad(expected, embeddings)
+    torch.testing.assert_close(grad, expected_grad)
+    assert not torch.allclose(loss, supcon_reference(embeddings, labels, 0.2, negatives))
+
+
+def test_supcon_queue_is_for_training_only():
+    embeddings, labels = _normalised((4, 3, 8), seed=5), torch.tensor([[1, 2, 0]] * 4)
+    loss_fn = SupConLoss(0.1, queue_comments=8).train()
+    loss_fn(embeddings, labels)
+    queued = loss_fn.queue_labels.clone()
+    loss_fn.eval()
+    other = _normalised((4, 3, 8), seed=6)
+    torch.testing.assert_close(loss_fn(other, labels), SupConLoss(0.1)(other, labels))
+    torch.testing.assert_close(loss_fn.queue_labels, queued)  # evaluation did not fill it
+    assert loss_fn.candidate_labels(labels) is labels
+    assert "queue_embeddings" not in loss_fn.state_dict()
 
 
 def test_supcon_rejects_unknown_negatives():
