@@ -226,7 +226,16 @@ def test_quick_settings_merge_over_the_full_ones() -> None:
     assert (
         list(full.quality.rows)
         == list(quick.quality.rows)
-        == ["ce", "focal", "focal_contrastive", "default", "balancer", "e5_12", "small"]
+        == [
+            "ce",
+            "focal",
+            "focal_contrastive",
+            "default",
+            "balancer",
+            "warm_start",
+            "e5_12",
+            "small",
+        ]
     )
     assert "trainer.max_epochs=2" in quick.quality.extra_overrides
     assert "quick" not in full
