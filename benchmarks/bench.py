@@ -4,13 +4,14 @@ dataset, and speed (on UIT-ViSFD, the default data).
     python -m benchmarks.bench                          # make bench: all of it, hours on 2 cores
     python -m benchmarks.bench --quick                  # make bench-quick: a subset, 1 seed
     python -m benchmarks.bench --only svm,quality --datasets mams --reuse
+    python -m benchmarks.bench --only quality --rows default,ce --override trainer=gpu --jobs 8
 
 Datasets are `datasets` in benchmarks/bench.yaml, each the train.py overrides that select it
 (`data=mams`); their folders are the presets' (`$ABSA_DATA_DIR`, `$ABSA_MAMS_DIR`, else data/,
 downloaded when missing). Runs the sections in the order svm, quality, speed, prints each table,
 then the targets (PASS/MISS) and the total time, and writes benchmarks/results/bench.md and
-bench.json (bench-quick.* in quick mode, *-partial.* with --only or --datasets) with the
-machine, versions, seeds and git revision.
+bench.json (bench-quick.* in quick mode, *-partial.* when only a part ran or --override
+changed it; --out: another folder) with the machine, versions, seeds and git revision.
 Knobs: benchmarks/bench.yaml.
 """
 
@@ -28,6 +29,7 @@ from omegaconf import DictConfig
 from benchmarks import quality, speed, svm_baseline
 from benchmarks.results import (
     REPO,
+    RESULTS_DIR,
     Section,
     environment,
     load_settings,
@@ -98,13 +100,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="read finished runs of the same code and overrides"
     )
+    parser.add_argument("--rows", help="comma-separated quality rows of bench.yaml (default: all)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a train.py override for every quality run, e.g. trainer=gpu (repeatable)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="quality runs at once (a GPU)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs: {args.jobs}; at least 1")
     settings = load_settings(args.quick)
+    rows = None if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
 
     start = time.perf_counter()
     runners: dict[str, SectionRunner] = {
         "svm": svm_baseline.run,
-        "quality": partial(quality.run, reuse=args.reuse),
+        "quality": partial(
+            quality.run, reuse=args.reuse, row_names=rows, extra=args.override, jobs=args.jobs
+        ),
         "speed": speed_section,
     }
     datasets = chosen_datasets(settings, args.datasets)
@@ -119,10 +136,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if targets:
         print("## Targets\n\n" + targets_table(targets) + "\n")
     env = environment(settings.seeds, args.quick)
+    env["mode"] = quality.runs_folder(args.quick, args.override)
     name = "bench-quick" if args.quick else "bench"
-    if args.only is not None or args.datasets is not None:
+    if any((args.only, args.datasets, args.rows, args.override)):
         name += "-partial"  # a part of the benchmark leaves the whole one's files as they are
-    md_path, json_path = write_results(list(sections.values()), env, total_seconds, name)
+    md_path, json_path = write_results(list(sections.values()), env, total_seconds, name, args.out)
     print(f"total {total_seconds / 60:.1f} min; wrote {md_path} and {json_path}")
 
 

@@ -36,7 +36,7 @@ DATASETS = {  # conf/data name -> the files gpu_check.sh reads
 # Pure Python, missing from the GPU image (its python3 has torch, lightning, transformers,
 # torchmetrics, matplotlib, rich): the versions tested here.
 WHEELS = ("hydra-core==1.3.8", "omegaconf==2.3.1")
-SDISTS = ("antlr4-python3-runtime==4.9.3",)  # no wheel exists; pip builds it there
+SDISTS = ("antlr4-python3-runtime==4.9.3",)  # no wheel published: built here (pure Python)
 CARRY_LIMIT = 64 * 2**20
 
 
@@ -74,9 +74,10 @@ def main() -> None:
     tokenizer.save_pretrained(model_dir)
 
     wheels = PREPARED / "whl"
-    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels)]
-    subprocess.run([*pip, "--only-binary=:all:", *WHEELS], check=True)
-    subprocess.run([*pip, "--no-binary=:all:", *SDISTS], check=True)
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    download = [*pip, "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels)]
+    subprocess.run([*download, *WHEELS], check=True)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), *SDISTS], check=True)
 
     size = sum(f.stat().st_size for f in PREPARED.rglob("*") if f.is_file())
     print(f"{PREPARED}: {size / 2**20:.1f} MiB ({encoder.config.vocab_size} pieces kept)")

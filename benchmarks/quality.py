@@ -2,10 +2,14 @@
 metrics over seeds.
 
     python -m benchmarks.bench --only quality [--quick] [--reuse] [--datasets visfd]
+    python -m benchmarks.bench --only quality --override trainer=gpu --jobs 8   # on a GPU
 
 Datasets and rows, with their overrides, are `datasets` and `quality.rows` in
-benchmarks/bench.yaml. Runs are sequential: on 2 cores two trainings at once would each time the
-other's load. Each run writes into `outputs/bench/<full|quick>/<dataset>/<row>/seed_<S>/`: the
+benchmarks/bench.yaml. Runs are sequential by default: on 2 cores two trainings at once would
+each time the other's load. `--jobs N` runs N at once, for a GPU that one small model leaves
+mostly idle (their times then count each other's load). `--override` adds train.py overrides to
+every run; those runs go into their own folder. Each run writes into
+`outputs/bench/<full|quick>[_<overrides>]/<dataset>/<row>/seed_<S>/`: the
 run's own files, its console output (`bench.log`) and `bench_stamp.json` (git revision, a hash of
 the uncommitted diff, overrides, wall time). With `--reuse`, a run whose metrics.json and stamp
 match the current code and overrides is read instead of run again (each reuse is printed);
@@ -15,11 +19,13 @@ otherwise its folder is emptied first, so that train.py's `resume=auto` never co
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +82,12 @@ def planned_runs(
     datasets: Mapping[str, Sequence[str]],
     mode: str,
     output_root: Path = OUTPUT_ROOT,
+    extra: Sequence[str] = (),
 ) -> list[TrainingRun]:
     """Every (dataset, row, seed): datasets, then rows, in their order, seeds within a row.
 
-    `datasets`: {name: the train.py overrides that select it, e.g. ["data=mams"]}.
+    `datasets`: {name: the train.py overrides that select it, e.g. ["data=mams"]}; `extra`:
+    overrides added to every run, last.
     """
     quality = settings.quality
     runs = []
@@ -92,6 +100,7 @@ def planned_runs(
                     *spec.overrides,
                     *quality.common_overrides,
                     *quality.extra_overrides,
+                    *extra,
                     f"seed={seed}",
                     f"hydra.run.dir={run_dir}",
                 )
@@ -223,20 +232,64 @@ def baseline_targets(
     return targets
 
 
-def run(datasets: Mapping[str, Sequence[str]], quick: bool, reuse: bool = False) -> Section:
-    settings = load_settings(quick)
+def runs_folder(quick: bool, extra: Sequence[str]) -> str:
+    """`full`, `quick`, or with overrides e.g. `full_trainer_gpu`: their runs never mix."""
     mode = "quick" if quick else "full"
-    runs = planned_runs(settings, datasets, mode)
-    code = code_version()
+    return "_".join([mode, *(re.sub(r"[^A-Za-z0-9.]+", "_", o).strip("_") for o in extra)])
+
+
+def chosen_rows(settings: DictConfig, names: Sequence[str] | None) -> None:
+    """Keeps only the quality rows named (all when None), in bench.yaml's order."""
+    if names is None:
+        return
+    unknown = set(names) - set(settings.quality.rows)
+    if unknown or not names:
+        known = list(settings.quality.rows)
+        raise SystemExit(f"--rows: unknown {sorted(unknown)}; pick from {known}")
+    settings.quality.rows = {r: s for r, s in settings.quality.rows.items() if r in names}
+
+
+def execute_all(
+    runs: Sequence[TrainingRun], code: dict[str, Any], reuse: bool, jobs: int
+) -> list[RunOutcome]:
+    """Each run's outcome, in the order of `runs`; `jobs` of them at once. The first failure
+    cancels the runs not yet started and is raised once the started ones end."""
+    outcomes: dict[TrainingRun, RunOutcome] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(execute, training, code, reuse): training for training in runs}
+        for i, future in enumerate(as_completed(futures), start=1):
+            training = futures[future]
+            try:
+                outcome = future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+            verb = "reused (same code and overrides)" if outcome.reused else "trained"
+            print(
+                f"[{i}/{len(runs)}] {training.dataset} {training.row} seed {training.seed}: "
+                f"{verb}, {outcome.wall_seconds / 60:.1f} min ({training.run_dir})",
+                flush=True,
+            )
+            outcomes[training] = outcome
+    return [outcomes[training] for training in runs]
+
+
+def run(
+    datasets: Mapping[str, Sequence[str]],
+    quick: bool,
+    reuse: bool = False,
+    row_names: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    jobs: int = 1,
+) -> Section:
+    settings = load_settings(quick)
+    chosen_rows(settings, row_names)
+    mode = runs_folder(quick, extra)
+    runs = planned_runs(settings, datasets, mode, extra=extra)
+    print(f"{len(runs)} training runs, {jobs} at a time, in {OUTPUT_ROOT / mode}", flush=True)
     outcomes: dict[tuple[str, str], list[RunOutcome]] = {}
-    for i, training in enumerate(runs, start=1):
-        print(
-            f"[{i}/{len(runs)}] {training.dataset} {training.row} seed {training.seed}: "
-            f"{training.run_dir}"
-        )
-        outcome = execute(training, code, reuse)
-        verb = "reused (same code and overrides)" if outcome.reused else "trained"
-        print(f"    {verb}: {outcome.wall_seconds / 60:.1f} min", flush=True)
+    finished = execute_all(runs, code_version(), reuse, jobs)
+    for training, outcome in zip(runs, finished, strict=True):
         outcomes.setdefault((training.dataset, training.row), []).append(outcome)
 
     rows = []
@@ -268,6 +321,8 @@ def run(datasets: Mapping[str, Sequence[str]], quick: bool, reuse: bool = False)
             f"runs in {OUTPUT_ROOT / mode}; reused: "
             f"{sum(o.reused for rows in outcomes.values() for o in rows)} of {len(runs)}",
         ]
+        + ([f"every run also had: {' '.join(extra)}"] if extra else [])
+        + ([f"{jobs} runs at a time: each one's times count the others' load"] if jobs > 1 else [])
         + ([QUICK_NOTE + f": {' '.join(settings.quality.extra_overrides)}"] if quick else []),
     )
     section.targets = recipe_targets(section, settings, quick)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,51 @@ def test_rows_run_on_the_datasets_they_name(tmp_path: Path) -> None:
         ("small", "default", 2),
     ]
     assert list(quality.rows_on(settings.quality.rows, "small")) == ["default"]
+
+
+def test_extra_overrides_go_last_into_their_own_runs_folder(tmp_path: Path) -> None:
+    settings = load_settings(quick=False)
+    quality.chosen_rows(settings, ["ce", "default"])
+    assert list(settings.quality.rows) == ["ce", "default"]  # bench.yaml's order
+    folder = quality.runs_folder(False, ["trainer=gpu", "loss/balancer=rule"])
+    assert folder == "full_trainer_gpu_loss_balancer_rule"
+    assert quality.runs_folder(True, []) == "quick"
+    mams = {"mams": ["data=mams"]}
+    runs = quality.planned_runs(settings, mams, folder, tmp_path, extra=["trainer=gpu"])
+    assert [r.row for r in runs] == ["ce"] * 3 + ["default"] * 3
+    assert all(r.run_dir.is_relative_to(tmp_path / folder) for r in runs)
+    assert all(r.overrides[-3] == "trainer=gpu" for r in runs)  # before seed and run folder
+    cfg = compose_train([o for o in runs[0].overrides if not o.startswith("hydra.")], tmp_path)
+    assert cfg.trainer.accelerator == "gpu"
+    with pytest.raises(SystemExit, match="defualt"):
+        quality.chosen_rows(settings, ["defualt"])
+
+
+def test_runs_at_once_keep_the_planned_order_and_a_failure_stops_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [quality.TrainingRun("d", "r", seed, (), tmp_path / str(seed)) for seed in range(6)]
+    started: list[int] = []
+
+    def fake_execute(run: quality.TrainingRun, code: dict, reuse: bool) -> quality.RunOutcome:
+        started.append(run.seed)
+        time.sleep(0.05 * (6 - run.seed))  # the later runs end first
+        return quality.RunOutcome({"seed": run.seed}, float(run.seed), reused=False)
+
+    monkeypatch.setattr(quality, "execute", fake_execute)
+    outcomes = quality.execute_all(runs, {}, reuse=False, jobs=3)
+    assert [o.metrics["seed"] for o in outcomes] == list(range(6))
+
+    def failing_execute(run: quality.TrainingRun, code: dict, reuse: bool) -> quality.RunOutcome:
+        started.append(run.seed)
+        time.sleep(0.05)
+        raise RuntimeError(f"seed {run.seed} failed")
+
+    started.clear()
+    monkeypatch.setattr(quality, "execute", failing_execute)
+    with pytest.raises(RuntimeError, match="failed"):
+        quality.execute_all(runs, {}, reuse=False, jobs=2)
+    assert len(started) < len(runs)  # the runs not yet started were cancelled
 
 
 def test_sections_run_in_the_bench_order_whatever_the_order_asked() -> None:
