@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["CONF_DIR", "precision_for"]
+__all__ = ["CONF_DIR", "fused_for", "precision_for"]
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the repository's conf/
 
@@ -21,4 +21,12 @@ def precision_for(accelerator: str, accelerated: str) -> str:
     return "32-true" if accelerator == "cpu" else accelerated
 
 
+def fused_for(precision: str) -> bool:
+    """A fused optimizer step (one kernel for all parameters) in full precision only: under mixed
+    precision Lightning refuses gradient clipping with an optimizer that unscales gradients itself
+    (torch then picks its multi-tensor step on GPUs)."""
+    return "mixed" not in str(precision)
+
+
 OmegaConf.register_new_resolver("precision_for", precision_for, replace=True)
+OmegaConf.register_new_resolver("fused_for", fused_for, replace=True)

@@ -35,5 +35,6 @@ datasets=visfd,mams,visfd_1k,visfd_3k
 OMP_NUM_THREADS=1 timeout $((limit - SECONDS)) python3 -m benchmarks.bench --only quality \
     --datasets $datasets --rows $rows --override trainer=gpu --jobs 24 --out "$out" ||
     echo "part 2 ended with status $? (124: out of time)"
-find outputs/bench -name metrics.json -o -name bench_stamp.json -o -name loss_dynamics.csv |
+find outputs/bench -name metrics.json -o -name bench_stamp.json -o -name loss_dynamics.csv \
+    -o -name bench.log |
     tar czf "$out/bench_runs.tgz" -T -

@@ -202,6 +202,28 @@ def test_overfits_64_comments_through_both_losses(tmp_path: Path) -> None:
         assert last < 0.6 * first, (loss, first, last)
 
 
+def test_mixed_precision_trains_with_gradient_clipping(small_visfd: Path, tmp_path: Path) -> None:
+    """trainer=gpu's bf16-mixed with the default optimizer and clipping: Lightning refuses to clip
+    for a fused AdamW under mixed precision, so the optimizer is fused in full precision only
+    (bf16 autocast runs on the CPU too, which is how this is checked without a GPU)."""
+    assert compose_train(["trainer=gpu"], tmp_path).optimizer.fused is False
+    assert compose_train([], tmp_path).optimizer.fused is True
+    overrides = [
+        *TINY,
+        *QUIET,
+        *NO_DIAGNOSTICS,
+        f"data.root={small_visfd}",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+    ]
+    cfg = compose_train(overrides, tmp_path / "run")
+    assert cfg.trainer.gradient_clip_val > 0 and cfg.optimizer.fused is False
+    metrics = train(cfg)
+    assert metrics["epochs_trained"] == 1
+    assert metrics["config"]["trainer"]["precision"] == "bf16-mixed"
+
+
 PINNED_BY_EXPERIMENTS = (
     "seed",
     "data.batch_size",
