@@ -5,8 +5,8 @@
 #    -> gpu_check.{md,json};
 # 2. in the time left, the bench's loss rows (default, CE only, warm start) over its 3 seeds on
 #    both datasets and the default on the 1k/3k subsets, all at once on the GPU (one small model
-#    leaves it mostly idle) -> bench-partial.{md,json}; bench_runs.tgz holds each finished run's
-#    metrics, also when time runs out first.
+#    leaves it mostly idle) -> bench-gpu.{md,json}; bench_runs.tgz holds each finished run's
+#    metrics and log, also when time runs out first.
 # Both into $OUT (else benchmarks/results).
 #
 # The GPU machine reaches no network: first, here, `python -m benchmarks.gpu_prepare` writes .gpu/
@@ -35,6 +35,9 @@ datasets=visfd,mams,visfd_1k,visfd_3k
 OMP_NUM_THREADS=1 timeout $((limit - SECONDS)) python3 -m benchmarks.bench --only quality \
     --datasets $datasets --rows $rows --override trainer=gpu --jobs 24 --out "$out" ||
     echo "part 2 ended with status $? (124: out of time)"
+for suffix in md json; do
+    if [ -f "$out/bench-partial.$suffix" ]; then mv "$out/bench-partial.$suffix" "$out/bench-gpu.$suffix"; fi
+done
 find outputs/bench -name metrics.json -o -name bench_stamp.json -o -name loss_dynamics.csv \
     -o -name bench.log |
     tar czf "$out/bench_runs.tgz" -T -
