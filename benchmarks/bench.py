@@ -94,7 +94,7 @@ def print_section(section: Section) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the < 10 min variant (bench.yaml)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, short runs (bench.yaml)")
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTION_NAMES)}")
     parser.add_argument("--datasets", help="comma-separated names of bench.yaml's datasets")
     parser.add_argument(
