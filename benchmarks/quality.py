@@ -254,9 +254,14 @@ def execute_all(
 ) -> list[RunOutcome]:
     """Each run's outcome, in the order of `runs`; `jobs` of them at once. The first failure
     cancels the runs not yet started and is raised once the started ones end."""
+
+    def announced(training: TrainingRun) -> RunOutcome:  # hours-long runs: say which one is on
+        print(f"started {training.dataset} {training.row} seed {training.seed}", flush=True)
+        return execute(training, code, reuse)
+
     outcomes: dict[TrainingRun, RunOutcome] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(execute, training, code, reuse): training for training in runs}
+        futures = {pool.submit(announced, training): training for training in runs}
         for i, future in enumerate(as_completed(futures), start=1):
             training = futures[future]
             try:

@@ -314,7 +314,7 @@ def test_runs_at_once_keep_the_planned_order_and_a_failure_stops_the_rest(
 
     def failing_execute(run: quality.TrainingRun, code: dict, reuse: bool) -> quality.RunOutcome:
         started.append(run.seed)
-        time.sleep(0.05)
+        time.sleep(0.2)  # long enough that the main thread cancels before the queue drains
         raise RuntimeError(f"seed {run.seed} failed")
 
     started.clear()
