@@ -44,7 +44,7 @@ def run_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, float], d
     datamodule = instantiate(
         cfg.data, aspects=model.hparams.aspects, polarities=model.hparams.polarities
     )
-    datamodule.set_tokenizer(model.tokenizer)
+    datamodule.set_tokenizer(model.tokenizer, ngrams=model.net.ngram_hashing)
 
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False)
     metrics = report.scalars(trainer.test(model, datamodule=datamodule)[0])

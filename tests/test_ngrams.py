@@ -221,6 +221,33 @@ def test_checkpoint_and_export_predict_as_the_model_in_memory(
     assert export_onnx(exported, folder / "model.onnx", texts) <= 1e-4
 
 
+@pytest.mark.slow
+def test_eval_scores_a_checkpoint_with_the_branch_as_the_model_in_memory(
+    trained_with_branch, small_visfd: Path, tmp_path: Path
+) -> None:
+    """eval.py gives the data module the checkpoint's n-gram hashing, as train.py does."""
+    from hydra import compose, initialize_config_dir
+
+    from absa_lightning.evaluate import evaluate
+
+    datamodule, module, ckpt = trained_with_branch
+    in_memory = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    expected = in_memory.test(module, datamodule=datamodule, verbose=False)[0]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            [
+                f"ckpt_path={ckpt}",
+                f"data.root={small_visfd}",
+                f"output_dir={tmp_path}",
+                *QUIET[1:],
+            ],
+        )
+    scores = evaluate(cfg)
+    assert scores["test/pair_f1"] == pytest.approx(expected["test/pair_f1"], abs=1e-6)
+    assert scores["test/aspect_f1"] == pytest.approx(expected["test/aspect_f1"], abs=1e-6)
+
+
 def test_a_checkpoint_without_the_branch_has_none(tiny_run: dict) -> None:
     module = AspectSentimentModule.from_checkpoint(tiny_run["best_checkpoint"])
     assert module.hparams["ngrams"] is None and module.net.ngrams is None
