@@ -391,8 +391,9 @@ def read(
     # Collapse: the heads, whatever the curves say.
     if troubled_aspects and aspects_with_gold:
         evidence["collapsed_heads"] = f"{len(troubled_aspects)}/{aspects_with_gold}"
+        # Named even when too few for the collapse regime: a rare aspect never predicted.
+        evidence["collapsed"] = ";".join(troubled_aspects)
         if len(troubled_aspects) >= thresholds.collapse_aspects * aspects_with_gold:
-            evidence["collapsed"] = ";".join(troubled_aspects)
             evidence["loss_jumped"] = jumped
             if jumped:  # the heads gave up under a learning rate too high
                 override = _lr_override(recipe, 0.1)

@@ -191,6 +191,10 @@ def test_collapse_comes_first_and_names_the_heads():
     # Three heads of four are below collapse_aspects (0.8): the curves decide.
     three = dx.read(healthy, MID_RUN, troubled_aspects=["A", "B", "C"], aspects_with_gold=4)
     assert three.regime == dx.HEALTHY
+    # A rare aspect never predicted is named in the evidence all the same.
+    one = dx.read(healthy, MID_RUN, troubled_aspects=["STORAGE"], aspects_with_gold=10)
+    assert one.regime == dx.HEALTHY
+    assert "collapsed_heads=1/10 collapsed=STORAGE" in one.evidence_line()
 
 
 def test_a_jump_tells_a_learning_rate_too_high_from_one_too_low():
