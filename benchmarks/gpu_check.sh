@@ -12,6 +12,9 @@
 # The GPU machine reaches no network: first, here, `python -m benchmarks.gpu_prepare` writes .gpu/
 # (the data, the converted e5 folder, wheels); carry .gpu with the working tree, then run there:
 #   bash benchmarks/gpu_check.sh [--epochs N]      # N: part 1's epochs
+# GPU_CHECK_PART1=0 skips part 1 (measured at c9e7f41); GPU_BENCH_ROWS, GPU_BENCH_DATASETS and
+# GPU_BENCH_JOBS choose part 2's bench rows, datasets and runs at once, e.g. the rows not yet
+# measured over 3 seeds: GPU_CHECK_PART1=0 GPU_BENCH_ROWS=focal,focal_contrastive,e5_12,small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d .gpu/whl ]; then
@@ -27,13 +30,16 @@ export ABSA_DATA_DIR="$PWD/.gpu/data/uit-visfd" ABSA_MAMS_DIR="$PWD/.gpu/data/ma
 export ABSA_CACHE_DIR="$PWD/.gpu/cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-timeout $((limit / 2)) python3 -m benchmarks.gpu_check --out "$out" "$@" ||
-    echo "part 1 ended with status $? (124: out of time)"
+if [ "${GPU_CHECK_PART1:-1}" != 0 ]; then
+    timeout $((limit / 2)) python3 -m benchmarks.gpu_check --out "$out" "$@" ||
+        echo "part 1 ended with status $? (124: out of time)"
+fi
 
-rows=default,ce,warm_start
-datasets=visfd,mams,visfd_1k,visfd_3k
+rows=${GPU_BENCH_ROWS:-default,ce,warm_start}
+datasets=${GPU_BENCH_DATASETS:-visfd,mams,visfd_1k,visfd_3k}
 OMP_NUM_THREADS=1 timeout $((limit - SECONDS)) python3 -m benchmarks.bench --only quality \
-    --datasets $datasets --rows $rows --override trainer=gpu --jobs 24 --out "$out" ||
+    --datasets "$datasets" --rows "$rows" --override trainer=gpu --jobs "${GPU_BENCH_JOBS:-24}" \
+    --out "$out" ||
     echo "part 2 ended with status $? (124: out of time)"
 for suffix in md json; do
     if [ -f "$out/bench-partial.$suffix" ]; then mv "$out/bench-partial.$suffix" "$out/bench-gpu.$suffix"; fi
