@@ -45,7 +45,7 @@ test-fast: ## The tests not marked slow
 bench: ## The benchmark: SVM baseline, the recipes x 3 seeds on UIT-ViSFD (whole, 1k, 3k) and MAMS, speed -> benchmarks/results/bench.md (~16 h)
 	$(PY) -m benchmarks.bench $(ARGS)
 
-bench-quick: ## The benchmark, 1 seed, short runs (not comparable) -> bench-quick.md
+bench-quick: ## The benchmark, 1 seed, short runs (not comparable) -> benchmarks/results/bench-quick.md (~1 h)
 	$(PY) -m benchmarks.bench --quick $(ARGS)
 
 bench-advice: ## Varied short runs read and their advice checked -> benchmarks/results/advice.md (~1 h on 2 cores)
