@@ -14,7 +14,7 @@
 #   bash benchmarks/gpu_check.sh [--epochs N]      # N: part 1's epochs
 # GPU_CHECK_PART1=0 skips part 1 (measured at c9e7f41); GPU_BENCH_ROWS, GPU_BENCH_DATASETS and
 # GPU_BENCH_JOBS choose part 2's bench rows, datasets and runs at once, e.g. the rows not yet
-# measured over 3 seeds: GPU_CHECK_PART1=0 GPU_BENCH_ROWS=focal,focal_contrastive,e5_12,small
+# measured over 3 seeds: GPU_CHECK_PART1=0 GPU_BENCH_ROWS=focal,focal_contrastive,balancer,e5_12
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d .gpu/whl ]; then
